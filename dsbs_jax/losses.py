@@ -1,0 +1,116 @@
+"""Pure loss functions shared by our models and the real-t5x model subclass.
+
+Token cross-entropy follows t5x (`t5x.losses`): optional label smoothing
+(reported relative to the smoothed target's entropy, so a perfect prediction
+scores 0) and z-loss `z_loss * logsumexp(logits)**2`.
+
+The distilling step-by-step loss (DESIGN.md §1) is
+`alpha * L_label + (1 - alpha) * L_rationale`, each term the token mean over
+that task's target tokens in the *global* batch. Callers that split a batch
+(microbatches, data-parallel shards) pass the global token counts as
+`normalizers`, so summing the pieces' losses gives the global loss exactly.
+"""
+
+from typing import Mapping, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+LABEL_TASK = 1
+RATIONALE_TASK = 2
+
+# t5x's special loss normalizing factors we support (by name, as in gin).
+NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'
+NUM_TOTAL_TARGET_TOKENS = 'NUM_TOTAL_TARGET_TOKENS'
+LossNormalizingFactor = Union[None, float, int, str]
+
+
+def token_cross_entropy(logits: Array,
+                        targets: Array,
+                        label_smoothing: float = 0.0,
+                        z_loss: float = 0.0) -> tuple[Array, Array]:
+  """Per-token cross-entropy (including z-loss) and the z-loss part alone.
+
+  Computed in float32 whatever the logits' dtype.
+  """
+  logits = logits.astype(jnp.float32)
+  vocab_size = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low_confidence = label_smoothing / (vocab_size - 1)
+  # Entropy of the smoothed target distribution (0 without smoothing).
+  normalizing_constant = -(
+      confidence * jnp.log(confidence) +
+      (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+  soft_targets = jax.nn.one_hot(targets, vocab_size) * (
+      confidence - low_confidence) + low_confidence
+  log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  log_softmax = logits - log_z
+  z_part = z_loss * jnp.square(log_z[..., 0])
+  loss = -jnp.sum(soft_targets * log_softmax, axis=-1) + z_part
+  return loss - normalizing_constant, z_part
+
+
+def loss_weights(batch: Mapping[str, Array]) -> Array:
+  """`decoder_loss_weights` when present, else the non-padding targets."""
+  if 'decoder_loss_weights' in batch:
+    return batch['decoder_loss_weights'].astype(jnp.float32)
+  return (batch['decoder_target_tokens'] > 0).astype(jnp.float32)
+
+
+def normalizing_factor(factor: LossNormalizingFactor,
+                       batch: Mapping[str, Array]) -> Optional[Array]:
+  """The divisor t5x applies to summed token losses, from the global batch."""
+  if factor is None:
+    return None
+  if factor == NUM_REAL_TARGET_TOKENS:
+    return jnp.sum(loss_weights(batch))
+  if factor == NUM_TOTAL_TARGET_TOKENS:
+    return jnp.asarray(batch['decoder_target_tokens'].size, jnp.float32)
+  if isinstance(factor, str):
+    raise ValueError(
+        f'Unknown loss_normalizing_factor {factor!r}; use a number, '
+        f'{NUM_REAL_TARGET_TOKENS!r} or {NUM_TOTAL_TARGET_TOKENS!r}.')
+  return jnp.asarray(factor, jnp.float32)
+
+
+def weighted_cross_entropy(logits: Array,
+                           targets: Array,
+                           weights: Array,
+                           label_smoothing: float = 0.0,
+                           z_loss: float = 0.0,
+                           normalizer: Optional[Array] = None
+                           ) -> tuple[Array, Array, Array]:
+  """t5x's `compute_weighted_cross_entropy`: (loss, z_loss, weight sum)."""
+  loss, z_part = token_cross_entropy(logits, targets, label_smoothing, z_loss)
+  loss, z_part = loss * weights, z_part * weights
+  if normalizer is not None:
+    loss, z_part = loss / normalizer, z_part / normalizer
+  return jnp.sum(loss), jnp.sum(z_part), jnp.sum(weights)
+
+
+def task_token_counts(weights: Array, task_ids: Array) -> dict[str, Array]:
+  """Weighted target-token count of each task: the per-task normalizers."""
+  return {
+      'label': jnp.sum(weights * (task_ids == LABEL_TASK)),
+      'rationale': jnp.sum(weights * (task_ids == RATIONALE_TASK)),
+  }
+
+
+def distill_step_by_step_loss(token_loss: Array,
+                              weights: Array,
+                              task_ids: Array,
+                              alpha: float,
+                              counts: Mapping[str, Array]
+                              ) -> tuple[Array, dict[str, Array]]:
+  """`alpha * L_label + (1 - alpha) * L_rationale` and each term.
+
+  `counts` are the global per-task token counts (`task_token_counts` over the
+  whole batch); a task absent from the batch contributes 0.
+  """
+  terms = {}
+  for name, task in (('label', LABEL_TASK), ('rationale', RATIONALE_TASK)):
+    task_sum = jnp.sum(token_loss * weights * (task_ids == task))
+    terms[name] = task_sum / jnp.maximum(counts[name], 1.0)
+  return alpha * terms['label'] + (1.0 - alpha) * terms['rationale'], terms

@@ -1,0 +1,267 @@
+"""Model classes with t5x's interface: loss, evaluation, decoding, scoring.
+
+`EncoderDecoderModel` mirrors `t5x.models.EncoderDecoderModel` (same method
+names and arguments) around our `network.Transformer`. `DistillStepByStepModel`
+replaces the loss with the two-task loss of DESIGN.md §1.
+
+Losses may be normalised by quantities of the *global* batch. `loss_fn` takes
+them as `normalizers` (default: computed from the batch it is given); a trainer
+that splits a batch into microbatches computes `loss_normalizers` once on the
+whole batch and passes them to every piece, so the pieces' losses and
+gradients add up to the whole batch's exactly.
+"""
+
+import functools
+from typing import Any, Callable, Mapping, Optional
+
+from clu import metrics as clu_metrics
+import flax
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import seqio
+
+from dsbs_jax import decoding
+from dsbs_jax import losses
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+Metrics = dict[str, clu_metrics.Metric]
+
+
+@flax.struct.dataclass
+class Sum(clu_metrics.Metric):
+  """A total that adds up across microbatches (clu has no such metric)."""
+
+  total: Array
+
+  def merge(self, other: 'Sum') -> 'Sum':
+    return type(self)(self.total + other.total)
+
+  def compute(self) -> Array:
+    return self.total
+
+
+def _mean(values: Array, weights: Array) -> clu_metrics.Average:
+  """A weighted mean that merges exactly across microbatches."""
+  return clu_metrics.Average(total=jnp.sum(values * weights),
+                             count=jnp.sum(weights))
+
+
+def token_metrics(logits: Array, targets: Array, weights: Array,
+                  token_loss: Array, z_part: Array) -> Metrics:
+  """Per-token accuracy and losses, and padding statistics."""
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return {
+      'accuracy': _mean(correct, weights),
+      'cross_ent_loss_per_token': _mean(token_loss - z_part, weights),
+      'z_loss_per_token': _mean(z_part, weights),
+      'nonpadding_fraction': _mean((targets > 0).astype(jnp.float32),
+                                   jnp.ones_like(weights)),
+      'target_tokens': Sum(jnp.sum(weights)),
+  }
+
+
+class EncoderDecoderModel:
+  """T5-style encoder-decoder with t5x's `EncoderDecoderModel` interface."""
+
+  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+
+  def __init__(self,
+               module: nn.Module,
+               input_vocabulary: seqio.Vocabulary,
+               output_vocabulary: seqio.Vocabulary,
+               optimizer_def: Optional[optax.GradientTransformation] = None,
+               decode_fn: Callable[..., Any] = decoding.beam_search,
+               label_smoothing: float = 0.0,
+               z_loss: float = 0.0,
+               loss_normalizing_factor: losses.LossNormalizingFactor = None):
+    self.module = module
+    self.input_vocabulary = input_vocabulary
+    self.output_vocabulary = output_vocabulary
+    self.optimizer_def = optimizer_def
+    self._decode_fn = decode_fn
+    self._label_smoothing = label_smoothing
+    self._z_loss = z_loss
+    self._loss_normalizing_factor = loss_normalizing_factor
+
+  # -- initialisation ------------------------------------------------------
+
+  def get_initial_variables(self,
+                            rng: Array,
+                            input_shapes: Mapping[str, tuple[int, ...]],
+                            input_types: Optional[Mapping[str, Any]] = None):
+    """Variables of the module for batches of the given feature shapes."""
+    input_types = input_types or {}
+    ones = lambda name: jnp.ones(input_shapes[name],
+                                 input_types.get(name, jnp.int32))
+    segments = {
+        name: ones(name)
+        for name in ('encoder_segment_ids', 'decoder_segment_ids')
+        if name in input_shapes
+    }
+    return self.module.init(
+        rng, ones('encoder_input_tokens'), ones('decoder_input_tokens'),
+        ones('decoder_input_tokens'), **segments, enable_dropout=False)
+
+  # -- loss ----------------------------------------------------------------
+
+  def _compute_logits(self, params, batch: Batch,
+                      dropout_rng: Optional[Array] = None) -> Array:
+    rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
+    return self.module.apply(
+        {'params': params},
+        batch['encoder_input_tokens'],
+        batch['decoder_input_tokens'],
+        batch['decoder_target_tokens'],
+        encoder_segment_ids=batch.get('encoder_segment_ids'),
+        decoder_segment_ids=batch.get('decoder_segment_ids'),
+        encoder_positions=batch.get('encoder_positions'),
+        decoder_positions=batch.get('decoder_positions'),
+        enable_dropout=rngs is not None,
+        rngs=rngs)
+
+  def loss_normalizers(self, batch: Batch) -> Any:
+    """Batch-level divisors of the loss (see the module docstring)."""
+    return losses.normalizing_factor(self._loss_normalizing_factor, batch)
+
+  def loss_fn(self, params, batch: Batch, dropout_rng: Optional[Array],
+              normalizers: Any = None) -> tuple[Array, Metrics]:
+    """Summed weighted token cross-entropy (t5x's loss) and metrics."""
+    if normalizers is None:
+      normalizers = self.loss_normalizers(batch)
+    logits = self._compute_logits(params, batch, dropout_rng)
+    targets = batch['decoder_target_tokens']
+    weights = losses.loss_weights(batch)
+    loss, _, _ = losses.weighted_cross_entropy(
+        logits, targets, weights, self._label_smoothing, self._z_loss,
+        normalizers)
+    token_loss, z_part = losses.token_cross_entropy(
+        logits, targets, self._label_smoothing, self._z_loss)
+    return loss, token_metrics(logits, targets, weights, token_loss, z_part)
+
+  def eval_fn(self, params, batch: Batch) -> tuple[Array, Metrics]:
+    return self.loss_fn(params, batch, dropout_rng=None)
+
+  def score_batch(self, params, batch: Batch) -> Array:
+    """Log-likelihood of each target sequence (weighted token sum)."""
+    logits = self._compute_logits(params, batch)
+    token_loss, _ = losses.token_cross_entropy(logits,
+                                               batch['decoder_target_tokens'])
+    return -jnp.sum(token_loss * losses.loss_weights(batch), axis=-1)
+
+  # -- decoding --------------------------------------------------------------
+
+  def _initial_cache(self, encoder_shape, decoder_shape):
+    """Zero key/value cache for `decoder_shape` targets, as t5x builds it."""
+    variables = jax.eval_shape(
+        functools.partial(self.module.init, decode=True, enable_dropout=False),
+        jax.random.PRNGKey(0), jnp.ones(encoder_shape, jnp.int32),
+        jnp.ones(decoder_shape, jnp.int32), jnp.ones(decoder_shape, jnp.int32))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        variables['cache'])
+
+  def _compute_logits_from_slice(self, state: decoding.DecodingState, params,
+                                 encoded: Array, encoder_tokens: Array,
+                                 max_decode_length: int):
+    """Next-token logits for one decoding step, updating the cache."""
+    token = state.cur_token
+    logits, variables = self.module.apply(
+        {'params': params, 'cache': state.cache},
+        encoded, encoder_tokens, token, token,
+        enable_dropout=False, decode=True, max_decode_length=max_decode_length,
+        mutable=['cache'], method=self.module.decode)
+    return logits[:, 0, :], variables['cache']
+
+  def predict_batch_with_aux(self,
+                             params,
+                             batch: Batch,
+                             rng: Optional[Array] = None,
+                             decoder_params: Optional[dict[str, Any]] = None,
+                             return_all_decodes: bool = False,
+                             num_decodes: int = 1,
+                             prompt_with_targets: bool = False):
+    """Decodes with `decode_fn` (beam search by default) and a kv cache.
+
+    Returns the best decode per example ([batch, length]) and its score, or
+    with `return_all_decodes` all `num_decodes` of them sorted by increasing
+    score ([batch, num_decodes, length]).
+    """
+    encoder_tokens = batch['encoder_input_tokens']
+    decoder_input_tokens = batch['decoder_input_tokens']
+    cache = self._initial_cache(encoder_tokens.shape, decoder_input_tokens.shape)
+    encoded = self.module.apply({'params': params}, encoder_tokens,
+                                enable_dropout=False, method=self.module.encode)
+    tokens_to_logits = functools.partial(
+        self._compute_logits_from_slice,
+        params=params,
+        encoded=decoding.flat_batch_beam_expand(encoded, num_decodes),
+        encoder_tokens=decoding.flat_batch_beam_expand(encoder_tokens,
+                                                       num_decodes),
+        max_decode_length=decoder_input_tokens.shape[1])
+    decoder_params = dict(decoder_params or {})
+    if rng is not None:
+      decoder_params['decode_rng'] = rng
+    prompt = (decoder_input_tokens if prompt_with_targets else
+              jnp.zeros_like(decoder_input_tokens))
+    decodes, scores = self._decode_fn(
+        inputs=prompt, cache=cache, tokens_to_logits=tokens_to_logits,
+        eos_id=self.output_vocabulary.eos_id, num_decodes=num_decodes,
+        **decoder_params)
+    if return_all_decodes:
+      return decodes, {'scores': scores}
+    return decodes[:, -1, :], {'scores': scores[:, -1]}
+
+  def predict_batch(self, params, batch: Batch,
+                    rng: Optional[Array] = None, **kwargs) -> Array:
+    return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
+
+
+class DistillStepByStepModel(EncoderDecoderModel):
+  """Encoder-decoder trained on label and rationale tasks with shared weights.
+
+  Needs the batch feature `decoder_task_ids` (1 label, 2 rationale, 0 padding)
+  from `tasks.feature_converters.DistillStepByStepFeatureConverter`. The loss
+  is `alpha * L_label + (1 - alpha) * L_rationale` with per-task token means
+  over the global batch (DESIGN.md §1); `alpha = 1` trains the label task
+  alone (standard finetuning or distillation).
+  """
+
+  def __init__(self, *args, alpha: float = 0.5, **kwargs):
+    super().__init__(*args, **kwargs)
+    # Imported here so the core package does not depend on `tasks` at import.
+    from tasks import feature_converters  # pylint: disable=g-import-not-at-top
+    self.FEATURE_CONVERTER_CLS = (
+        feature_converters.DistillStepByStepFeatureConverter)
+    self.alpha = alpha
+
+  def loss_normalizers(self, batch: Batch) -> dict[str, Array]:
+    return losses.task_token_counts(losses.loss_weights(batch),
+                                    batch['decoder_task_ids'])
+
+  def loss_fn(self, params, batch: Batch, dropout_rng: Optional[Array],
+              normalizers: Optional[Mapping[str, Array]] = None
+              ) -> tuple[Array, Metrics]:
+    if normalizers is None:
+      normalizers = self.loss_normalizers(batch)
+    logits = self._compute_logits(params, batch, dropout_rng)
+    targets = batch['decoder_target_tokens']
+    weights = losses.loss_weights(batch)
+    task_ids = batch['decoder_task_ids']
+    token_loss, z_part = losses.token_cross_entropy(
+        logits, targets, self._label_smoothing, self._z_loss)
+    loss, terms = losses.distill_step_by_step_loss(
+        token_loss, weights, task_ids, self.alpha, normalizers)
+    metrics = token_metrics(logits, targets, weights, token_loss, z_part)
+    label_weights = weights * (task_ids == losses.LABEL_TASK)
+    rationale_weights = weights * (task_ids == losses.RATIONALE_TASK)
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    metrics.update({
+        'label_loss': _mean(token_loss, label_weights),
+        'rationale_loss': _mean(token_loss, rationale_weights),
+        'label_accuracy': _mean(correct, label_weights),
+        'label_tokens': Sum(jnp.sum(label_weights)),
+        'rationale_tokens': Sum(jnp.sum(rationale_weights)),
+    })
+    return loss, metrics

@@ -1,0 +1,276 @@
+"""seqio Tasks for distilling step-by-step and its two baselines.
+
+`dsbs_task(...)` registers (once) the Task its arguments describe and returns
+its name, so a gin file can say `MIXTURE_OR_TASK_NAME = @dsbs_task()` and both
+our trainer and t5x's binaries find it. Importing this module also registers
+fixed names for every dataset (see docs/tasks.md):
+
+    dsbs_<dataset>_llm   distilling step-by-step, teacher labels
+    dsbs_<dataset>_gt    distilling step-by-step, ground-truth labels
+    finetune_<dataset>   standard finetuning (label task, ground truth)
+    distill_<dataset>    standard distillation (label task, teacher labels)
+
+for cqa, svamp, esnli and anli1 with the T5 vocabulary and $DSBS_DATA_DIR,
+and the same with the suffix `_byte` for `synthetic` with seqio's byte
+vocabulary. Other arguments add suffixes to the name: `_frac<f>_seed<s>` for a
+data fraction, `_byte` or `_vocab<hash>` for another vocabulary, and `_<hash>`
+for any other non-default argument.
+
+Splits are `train`, `validation` and `test`. Only `train` has rationale
+examples and teacher labels; `validation` and `test` hold label examples with
+ground-truth targets, scored by the dataset's metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+from collections.abc import Mapping
+
+import gin
+import seqio
+import tensorflow as tf
+from absl import logging
+
+from tasks import metrics, preprocessors, sources, synthetic
+
+MODES = ('dsbs', 'finetune', 'distill')
+DEFAULT_LABEL_SOURCE = {'dsbs': 'llm', 'finetune': 'gt', 'distill': 'llm'}
+DATASETS = (*sources.RELEASE_DATASETS, 'synthetic', 'jsonl')
+T5_VOCABULARY_PATH = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
+T5_EXTRA_IDS = 100
+DEFAULT_PREFIXES = ('[label] ', '[rationale] ')
+
+
+def t5_vocabulary() -> seqio.SentencePieceVocabulary:
+  """The public T5 vocabulary; seqio reads the model file only on first use."""
+  return seqio.SentencePieceVocabulary(T5_VOCABULARY_PATH,
+                                       extra_ids=T5_EXTRA_IDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """Everything that decides a Task's examples, before tokenization."""
+
+  dataset: str
+  mode: str
+  label_source: str
+  data_dir: str | None
+  data_fraction: float
+  seed: int
+  keep_unparsed: bool
+  label_prefix: str
+  rationale_prefix: str
+  jsonl_files: tuple[tuple[str, str], ...] | None
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    if self.dataset == 'jsonl' and 'test' not in dict(self.jsonl_files):
+      return ('train', 'validation')
+    return sources.SPLITS
+
+  def needs_teacher(self, split: str) -> tuple[str, ...]:
+    """The teacher parts (`rationale`, `llm_label`) that `split` trains on."""
+    parts = []
+    if split == 'train' and self.mode == 'dsbs':
+      parts.append('rationale')
+    if split == 'train' and self.label_source == 'llm':
+      parts.append('llm_label')
+    return tuple(parts)
+
+  def examples(self, split: str) -> list[sources.Example]:
+    """The source examples of `split`, before any pairing."""
+    subset = dict(data_fraction=self.data_fraction, seed=self.seed)
+    if self.dataset == 'synthetic':
+      splits = synthetic.synthetic_splits()
+      return sources.assemble_split(splits.__getitem__, split,
+                                    has_validation=True, **subset)
+    if self.dataset == 'jsonl':
+      files = dict(self.jsonl_files)
+      if split not in self.splits:
+        raise ValueError(f'no {split!r} file in jsonl_files {files}')
+      required = ('input', 'label', *self.needs_teacher(split))
+      return sources.assemble_split(
+          lambda s: sources.read_jsonl_examples(files[s], required), split,
+          has_validation='validation' in files, **subset)
+    if self.needs_teacher(split):
+      train = sources.load_release_split(self.dataset, 'train', self.data_dir)
+      if train.counts is None:
+        root = sources.resolve_data_dir(self.data_dir)
+        missing = root / self.dataset / 'llm' / 'train_CoT_0.json'
+        raise sources.DataError(
+            f'{self.dataset} {split} needs teacher completions: no {missing}')
+    return sources.release_examples(self.dataset, split,
+                                    data_dir=self.data_dir, **subset)
+
+  def dataset_fn(self, split: str, shuffle_files: bool,
+                 seed: int | None = None) -> tf.data.Dataset:
+    """seqio's FunctionDataSource callback: the source features of `split`."""
+    examples = self.examples(split)
+    training = split == 'train'
+    if training:
+      needed = self.needs_teacher(split)
+      without_label = sum(e.teacher_label is None for e in examples)
+      without_rationale = sum(e.rationale is None for e in examples)
+      logging.info(
+          '%s %s: %d examples; %d without a teacher label, %d without a '
+          'rationale (%s)', self.dataset, split, len(examples),
+          without_label if 'llm_label' in needed else 0,
+          without_rationale if 'rationale' in needed else 0,
+          'kept with blank targets' if self.keep_unparsed else
+          'dropped from the task needing them')
+    ds = preprocessors.source_dataset(examples, training=training,
+                                      label_source=self.label_source)
+    if shuffle_files and examples:
+      # The whole (small) split, reshuffled every epoch; pairs stay adjacent.
+      ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def _short_hash(*values: object) -> str:
+  return hashlib.sha256(repr(values).encode()).hexdigest()[:8]
+
+
+def _vocabulary_suffix(vocabulary: seqio.Vocabulary) -> str:
+  # These comparisons look at file names and options; they load nothing.
+  if t5_vocabulary() == vocabulary:
+    return ''
+  if seqio.ByteVocabulary() == vocabulary:
+    return '_byte'
+  state = sorted((k, repr(v)) for k, v in vars(vocabulary).items()
+                 if k != '_model')
+  return '_vocab' + _short_hash(type(vocabulary).__qualname__, state)
+
+
+def task_name(config: TaskConfig, vocabulary: seqio.Vocabulary) -> str:
+  """A name that differs whenever the Task's examples or tokens would."""
+  name = f'{config.mode}_{config.dataset}'
+  if config.mode == 'dsbs':
+    name += f'_{config.label_source}'
+  if config.data_fraction != 1:
+    name += f'_frac{config.data_fraction:g}_seed{config.seed}'
+  name += _vocabulary_suffix(vocabulary)
+  others = (config.data_dir, config.keep_unparsed,
+            (config.label_prefix, config.rationale_prefix), config.jsonl_files)
+  if others != (None, False, DEFAULT_PREFIXES, None):
+    name += '_' + _short_hash(others)
+  return name
+
+
+def _check_arguments(dataset: str, mode: str, label_source: str,
+                     data_fraction: float,
+                     jsonl_files: Mapping[str, str] | None) -> None:
+  if dataset not in DATASETS:
+    raise ValueError(f'unknown dataset {dataset!r}; expected one of {DATASETS}')
+  if mode not in MODES:
+    raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
+  if label_source not in preprocessors.LABEL_SOURCES:
+    raise ValueError(f'label_source must be one of '
+                     f'{preprocessors.LABEL_SOURCES}, got {label_source!r}')
+  if mode != 'dsbs' and label_source != DEFAULT_LABEL_SOURCE[mode]:
+    other = 'distill' if label_source == 'llm' else 'finetune'
+    raise ValueError(f'mode {mode!r} trains on {DEFAULT_LABEL_SOURCE[mode]!r} '
+                     f'labels; for {label_source!r} labels use mode {other!r}')
+  sources.check_fraction(data_fraction)
+  if (dataset == 'jsonl') != (jsonl_files is not None):
+    raise ValueError("jsonl_files goes with dataset='jsonl' and only with it")
+  if jsonl_files is not None and ('train' not in jsonl_files or
+                                  set(jsonl_files) - set(sources.SPLITS)):
+    raise ValueError(f"jsonl_files needs a 'train' file and keys from "
+                     f'{sources.SPLITS} only, got {sorted(jsonl_files)}')
+
+
+@gin.configurable
+def dsbs_task(dataset: str, mode: str = 'dsbs', label_source: str | None = None,
+              *, data_dir: str | os.PathLike | None = None,
+              data_fraction: float = 1.0, seed: int = 0,
+              vocabulary: seqio.Vocabulary | None = None,
+              keep_unparsed: bool = False,
+              label_prefix: str = DEFAULT_PREFIXES[0],
+              rationale_prefix: str = DEFAULT_PREFIXES[1],
+              jsonl_files: Mapping[str, str] | None = None) -> str:
+  """Registers the Task these arguments describe, if new; returns its name.
+
+  Args:
+    dataset: cqa, svamp, esnli, anli1, synthetic, or jsonl (with jsonl_files).
+    mode: `dsbs` (label and rationale tasks), `finetune` (label task, ground
+      truth) or `distill` (label task, teacher labels).
+    label_source: `llm` or `gt`, the labels of the training split; defaults
+      to `llm` for dsbs and distill and `gt` for finetune.
+    data_dir: the release's data directory; None reads $DSBS_DATA_DIR when
+      the data is read.
+    data_fraction: the fraction of `train` to keep, in (0, 1]; nested across
+      fractions for the same `seed`.
+    seed: the seed of that subset.
+    vocabulary: of inputs and targets; defaults to the T5 vocabulary.
+    keep_unparsed: keep examples whose teacher completion did not parse, with
+      a blank target (the reference's behaviour), instead of dropping them
+      from the task that needs the missing part.
+    label_prefix: prepended to the input of the label task.
+    rationale_prefix: prepended to the input of the rationale task.
+    jsonl_files: for `jsonl`, {'train': path, 'validation': path, 'test':
+      path}; validation and test are optional (validation is then held out
+      of train). See tasks.sources for the fields.
+
+  Returns:
+    The name of the registered seqio Task.
+  """
+  label_source = label_source or DEFAULT_LABEL_SOURCE.get(mode)
+  _check_arguments(dataset, mode, label_source, data_fraction, jsonl_files)
+  if data_dir is not None and dataset in sources.RELEASE_DATASETS:
+    data_dir = os.fspath(data_dir)
+  else:
+    data_dir = None  # read from the environment, or not used
+  if jsonl_files is not None:
+    jsonl_files = tuple(sorted(
+        (split, os.fspath(path)) for split, path in jsonl_files.items()))
+  config = TaskConfig(
+      dataset=dataset, mode=mode, label_source=label_source,
+      data_dir=data_dir, data_fraction=float(data_fraction),
+      seed=seed if data_fraction != 1 else 0,  # the seed picks a subset only
+      keep_unparsed=keep_unparsed, label_prefix=label_prefix,
+      rationale_prefix=rationale_prefix, jsonl_files=jsonl_files)
+  if vocabulary is None:
+    vocabulary = t5_vocabulary()
+  name = task_name(config, vocabulary)
+  if name in seqio.TaskRegistry.names():
+    return name
+  make_examples = functools.partial(
+      preprocessors.make_examples, with_rationale=mode == 'dsbs',
+      label_prefix=label_prefix, rationale_prefix=rationale_prefix,
+      keep_unparsed=keep_unparsed)
+  metric = metrics.equation_accuracy if dataset == 'svamp' else metrics.accuracy
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(config.dataset_fn, splits=config.splits),
+      output_features={
+          key: seqio.Feature(vocabulary, add_eos=True)
+          for key in ('inputs', 'targets')
+      },
+      preprocessors=[
+          make_examples,
+          seqio.preprocessors.tokenize,
+          seqio.preprocessors.append_eos_after_trim,
+      ],
+      metric_fns=[metric],
+  )
+  return name
+
+
+def register_named_tasks() -> list[str]:
+  """The fixed names of the module docstring; idempotent."""
+  names = []
+  for dataset in (*sources.RELEASE_DATASETS, 'synthetic'):
+    vocabulary = seqio.ByteVocabulary() if dataset == 'synthetic' else None
+    names += [
+        dsbs_task(dataset, 'dsbs', 'llm', vocabulary=vocabulary),
+        dsbs_task(dataset, 'dsbs', 'gt', vocabulary=vocabulary),
+        dsbs_task(dataset, 'finetune', vocabulary=vocabulary),
+        dsbs_task(dataset, 'distill', vocabulary=vocabulary),
+    ]
+  return names
+
+
+NAMED_TASKS = register_named_tasks()
