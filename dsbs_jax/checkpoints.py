@@ -31,9 +31,15 @@ import orbax.checkpoint as ocp
 import safetensors
 import tensorstore as ts
 
+from dsbs_jax import errors
 from dsbs_jax import network
 
 Params = dict[str, Any]  # nested dict of float32 np.ndarray
+
+
+class CheckpointError(errors.UserError, ValueError):
+  """A checkpoint that is missing, unreadable or does not fit the model."""
+
 _Key = tuple[str, ...]
 
 # ----------------------------------------------------------------------------
@@ -57,7 +63,7 @@ def load_params(path: str | os.PathLike[str],
   elif (directory / 'config.json').exists():
     params = _load_hf(directory)
   else:
-    raise FileNotFoundError(
+    raise CheckpointError(
         f'{directory} is not a t5x checkpoint (no `checkpoint` file, no '
         '`state/` folder) nor a HuggingFace folder (no `config.json`).')
   if config is not None:
@@ -87,7 +93,7 @@ def check_params(params: Params, config: network.T5Config) -> None:
       f'{"/".join(k)} has shape {np.shape(actual[k])}, expected {expected[k]}'
       for k in expected if k in actual and np.shape(actual[k]) != expected[k]]
   if problems:
-    raise ValueError('Parameters do not match the T5 config: ' +
+    raise CheckpointError('Parameters do not match the T5 config: ' +
                      '; '.join(problems))
 
 
@@ -95,15 +101,15 @@ def config_from_hf(path: str | os.PathLike[str]) -> network.T5Config:
   """The `T5Config` of a HuggingFace T5 folder (its `config.json`)."""
   hf = _hf_config(epath.Path(path))
   if hf.get('model_type', 't5') not in ('t5', 'mt5'):
-    raise ValueError(f'{path}: model_type {hf["model_type"]!r} is not T5/mT5.')
+    raise CheckpointError(f'{path}: model_type {hf["model_type"]!r} is not T5/mT5.')
   proj = hf['feed_forward_proj']
   gated, _, act = proj.rpartition('-')
   if gated not in ('', 'gated'):
-    raise ValueError(f'{path}: unknown feed_forward_proj {proj!r}.')
+    raise CheckpointError(f'{path}: unknown feed_forward_proj {proj!r}.')
   if proj == 'gated-gelu':
     act = 'gelu_new'  # HuggingFace's alias: the tanh-approximate GELU.
   if act not in _FLAX_ACTIVATIONS:
-    raise ValueError(
+    raise CheckpointError(
         f'{path}: activation {act!r} has no t5x equivalent (flax\'s gelu is '
         f'the tanh approximation); supported: {sorted(_FLAX_ACTIVATIONS)}.')
   activation = _FLAX_ACTIVATIONS[act]
@@ -248,7 +254,7 @@ def _hf_name(key: _Key) -> str:
         'layers_'):
       return (f'{stack}.block.{layer[7:]}.{_HF_LAYER[stack][module]}.'
               f'{_HF_PROJECTION.get(projection, projection)}.weight')
-  raise ValueError(f'No HuggingFace name for t5x parameter {"/".join(key)}.')
+  raise CheckpointError(f'No HuggingFace name for t5x parameter {"/".join(key)}.')
 
 
 def _load_hf(directory: epath.Path) -> Params:
@@ -262,7 +268,7 @@ def _load_hf(directory: epath.Path) -> Params:
   tied = _logits_via_embedding(hf)
   if (tied and 'lm_head.weight' in tensors and
       not np.array_equal(tensors['lm_head.weight'], tensors['shared.weight'])):
-    raise ValueError(
+    raise CheckpointError(
         f'{directory}: lm_head.weight differs from shared.weight although the '
         'config ties them (logits via the scaled embedding); t5x has no '
         'scaled separate head.')
@@ -273,12 +279,12 @@ def _load_hf(directory: epath.Path) -> Params:
         hf['tie_word_embeddings']):
       name = 'shared.weight'  # transformers 5: an unscaled head tied to it.
     if name not in tensors:
-      raise ValueError(f'{directory}: missing tensor {name} (t5x '
+      raise CheckpointError(f'{directory}: missing tensor {name} (t5x '
                        f'{"/".join(key)}, shape {shape}).')
     transposed = key[-1] in ('kernel', 'rel_embedding')
     value = tensors[name].T if transposed else tensors[name]
     if value.shape != shape:
-      raise ValueError(
+      raise CheckpointError(
           f'{directory}: tensor {name} (t5x {"/".join(key)}) has shape '
           f'{tensors[name].shape}; config.json implies '
           f'{shape[::-1] if transposed else shape}.')
@@ -286,7 +292,7 @@ def _load_hf(directory: epath.Path) -> Params:
     used.add(name)
   unexpected = sorted(set(tensors) - used)
   if unexpected:
-    raise ValueError(f'{directory}: tensors not in a T5 of this config: '
+    raise CheckpointError(f'{directory}: tensors not in a T5 of this config: '
                      f'{", ".join(unexpected)}.')
   return traverse_util.unflatten_dict(flat)
 
@@ -302,7 +308,7 @@ def _read_hf_tensors(directory: epath.Path) -> dict[str, np.ndarray]:
       shards = sorted(set(json.loads(index.read_text())['weight_map'].values()))
       return {name: value for shard in shards
               for name, value in read(directory / shard).items()}
-  raise FileNotFoundError(
+  raise CheckpointError(
       f'{directory}: no model.safetensors or pytorch_model.bin (or their '
       '.index.json).')
 
@@ -316,7 +322,7 @@ def _read_safetensors(path: epath.Path) -> dict[str, np.ndarray]:
   tensors = {}
   for name, tensor in safetensors.deserialize(path.read_bytes()):
     if tensor['dtype'] not in _SAFETENSORS_DTYPES:
-      raise ValueError(f'{path}: tensor {name} has dtype {tensor["dtype"]}, '
+      raise CheckpointError(f'{path}: tensor {name} has dtype {tensor["dtype"]}, '
                        'not a float.')
     tensors[name] = np.frombuffer(
         tensor['data'], _SAFETENSORS_DTYPES[tensor['dtype']]).reshape(
@@ -345,13 +351,13 @@ def load_torch_state_dict(
   path = epath.Path(path)
   with path.open('rb') as f:
     if not zipfile.is_zipfile(f):
-      raise ValueError(f'{path}: not a zip archive; torch < 1.6 formats are '
+      raise CheckpointError(f'{path}: not a zip archive; torch < 1.6 formats are '
                        'not supported (convert the weights to safetensors).')
     with zipfile.ZipFile(f) as archive:
       state = _read_torch_archive(archive, path)
   if not isinstance(state, dict) or not all(
       isinstance(v, np.ndarray) for v in state.values()):
-    raise ValueError(f'{path}: does not hold a state dict of tensors.')
+    raise CheckpointError(f'{path}: does not hold a state dict of tensors.')
   return dict(state)
 
 
@@ -359,7 +365,7 @@ def _read_torch_archive(archive: zipfile.ZipFile, path: epath.Path) -> Any:
   """The object a torch.save zip archive pickled, each storage read once."""
   pickles = [n for n in archive.namelist() if n.endswith('/data.pkl')]
   if len(pickles) != 1:
-    raise ValueError(f'{path}: not a torch.save archive (no single data.pkl).')
+    raise CheckpointError(f'{path}: not a torch.save archive (no single data.pkl).')
   prefix = pickles[0][:-len('data.pkl')]
   big_endian = (f'{prefix}byteorder' in archive.namelist() and
                 archive.read(f'{prefix}byteorder') == b'big')
@@ -442,7 +448,7 @@ def _check_saved_shapes(saved: Any, expected: Any, where: str) -> None:
               if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
   problems += [f'{k} is missing' for k in expected if k not in saved]
   if problems:
-    raise ValueError(
+    raise CheckpointError(
         f'{where} holds a checkpoint of another model ({"; ".join(problems[:3])}'
         f'{"; ..." if len(problems) > 3 else ""}). Use a new MODEL_DIR or the '
         'gin files of the model that wrote it.')

@@ -14,8 +14,11 @@ from pathlib import Path
 import sys
 from typing import Sequence
 
+from absl import app
 from absl import flags
 import gin
+
+from dsbs_jax import errors
 
 _GIN_FILES = flags.DEFINE_multi_string(
     'gin_file', [], 'Gin files to parse, in order; later ones override.')
@@ -26,12 +29,11 @@ _GIN_SEARCH_PATHS = flags.DEFINE_list(
     'Folders to look in for gin files and their includes.')
 
 
-class GinConfigError(SystemExit):
-  """A configuration mistake, reported as one line (exit status 2)."""
+class GinConfigError(errors.UserError):
+  """A mistake in the gin configuration or the command line."""
 
   def __init__(self, message: str):
     super().__init__(f'Configuration error: {message}')
-    self.code = 2
 
 
 def project_gin_dir() -> Path:
@@ -102,10 +104,13 @@ def _hint(error: Exception) -> str:
 
 
 def run(main) -> None:
-  """absl.app.run with `--gin.NAME=value` support and short config errors."""
-  from absl import app  # pylint: disable=g-import-not-at-top
+  """absl.app.run with `--gin.NAME=value`; a `UserError` ends the program
+  with its message alone (exit status 2)."""
   try:
     app.run(main, argv=rewrite_gin_args(sys.argv))
-  except GinConfigError as e:
-    print(e, file=sys.stderr)
-    sys.exit(e.code)
+  except errors.UserError as e:
+    # gin appends "In call to configurable ..." lines; the message suffices.
+    lines = [line for line in str(e).splitlines()
+             if line.strip() and not line.strip().startswith('In call to')]
+    print('\n'.join(lines), file=sys.stderr)
+    sys.exit(2)

@@ -148,8 +148,12 @@ class RelativePositionBias(nn.Module):
                    nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
                    (self.num_heads, self.num_buckets),
                    ('heads', 'relpos_buckets'))
-    # (heads, qlen, klen) -> (1, heads, qlen, klen)
-    return jnp.asarray(table, self.dtype)[:, buckets][None]
+    # A one-hot contraction rather than a gather: its gradient is a matmul,
+    # where a gather's is a scatter-add (very slow on CPU, awkward to shard).
+    one_hot = (buckets[None] == np.arange(self.num_buckets)[:, None, None])
+    values = jnp.einsum('hb,bqk->hqk', jnp.asarray(table, self.dtype),
+                        jnp.asarray(one_hot, self.dtype))
+    return values[None]  # (1, heads, qlen, klen)
 
 
 def attention_mask(query_valid: Array, key_valid: Array,

@@ -73,16 +73,18 @@ class Partitioner:
 
   Give at most one of `num_partitions` (size of the `model` axis; the rest
   of the devices form `data`, as t5x's knob) or `mesh_shape` (data, model).
-  The default is pure data parallelism.
+  The default is pure data parallelism. `devices` restricts the mesh to those
+  devices (default: all of `jax.devices()`), e.g. one device for a reference.
   """
 
   num_partitions: Optional[int] = None
   mesh_shape: Optional[tuple[int, int]] = None
   logical_axis_rules: LogicalRules = dataclasses.field(
       default_factory=standard_logical_axis_rules)
+  devices: Optional[Sequence[jax.Device]] = None
 
   def __post_init__(self):
-    n = jax.device_count()
+    n = jax.device_count() if self.devices is None else len(self.devices)
     if self.num_partitions is not None and self.mesh_shape is not None:
       raise ValueError('Give num_partitions or mesh_shape, not both.')
     if self.mesh_shape is not None:
@@ -97,7 +99,9 @@ class Partitioner:
       raise ValueError(f'Mesh shape {shape} needs {int(np.prod(shape))} '
                        f'devices; there are {n}.')
     # create_device_mesh follows the physical topology on TPU pods.
-    self.mesh = Mesh(mesh_utils.create_device_mesh(shape), (DATA, MODEL))
+    devices = None if self.devices is None else list(self.devices)
+    self.mesh = Mesh(mesh_utils.create_device_mesh(shape, devices),
+                     (DATA, MODEL))
 
   @property
   def data_parallel_size(self) -> int:

@@ -111,9 +111,14 @@ def adamw(learning_rate: optax.ScalarOrSchedule = 5e-5,
                         weight_decay=weight_decay), learning_rate)
 
 
-def current_learning_rate(opt_state: Any) -> Array:
-  """The learning rate `inject_hyperparams` recorded in the optimizer state."""
-  return opt_state.hyperparams['learning_rate']
+def current_learning_rate(opt_state: Any) -> Optional[Array]:
+  """The learning rate `inject_hyperparams` recorded in the optimizer state.
+
+  None for an optimizer without injected hyperparameters (e.g. a plain
+  `optax.sgd`).
+  """
+  hyperparams = getattr(opt_state, 'hyperparams', None)
+  return None if hyperparams is None else hyperparams.get('learning_rate')
 
 
 # -- the trainer -------------------------------------------------------------
@@ -242,8 +247,11 @@ class Trainer:
     metrics = dict(metrics)
     metrics['loss'] = models.Sum(loss)
     metrics['grad_norm'] = models.Sum(optax.global_norm(grads))
-    metrics['learning_rate'] = models.Sum(
-        current_learning_rate(state.opt_state))
+    # inject_hyperparams stores the rate it used for this update in the new
+    # state (the old state holds the previous step's rate).
+    learning_rate = current_learning_rate(opt_state)
+    if learning_rate is not None:
+      metrics['learning_rate'] = models.Sum(learning_rate)
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from dsbs_jax import errors
 from tasks import parsing
 
 DATA_DIR_ENV = 'DSBS_DATA_DIR'
@@ -48,7 +49,7 @@ VALIDATION_FRACTION = 0.1
 VALIDATION_SEED = 0
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
   """Input data that cannot be used; the message says where and why."""
 
 
