@@ -469,7 +469,8 @@ class TrainCheckpointer:
         step_prefix=CHECKPOINT_PREFIX, create=True,
         enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(
-        epath.Path(model_dir).absolute(), options=options)
+        epath.Path(model_dir).absolute(), options=options,
+        item_handlers=ocp.StandardCheckpointHandler())
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
     return self._manager.save(step, args=ocp.args.StandardSave(state),
@@ -480,9 +481,8 @@ class TrainCheckpointer:
     step = self._manager.latest_step()
     if step is None:
       return None
-    saved = self._manager.item_metadata(step)
-    _check_saved_shapes(saved.params if hasattr(saved, 'params') else
-                        saved['params'], shapes.params, self.model_dir)
+    saved = self._manager.item_metadata(step).tree
+    _check_saved_shapes(saved['params'], shapes.params, self.model_dir)
     return self._manager.restore(
         step, args=ocp.args.StandardRestore(_abstract(shapes, shardings)))
 

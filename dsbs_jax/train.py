@@ -5,7 +5,7 @@ r"""Trains a model configured by gin; resumes from the latest checkpoint.
     --gin.MODEL_DIR="'/tmp/dsbs'" --gin.TRAIN_STEPS=10000
 
 Writes checkpoints (`checkpoint_<step>`), TensorBoard summaries (`train/`,
-`validation/`) and the operative gin config (`config.gin`) to MODEL_DIR.
+`eval_<split>/`) and the operative gin config (`config.gin`) to MODEL_DIR.
 Killed at any moment, the same command continues from the last checkpoint and
 sees exactly the batches an uninterrupted run would.
 """
@@ -20,6 +20,7 @@ from clu import metric_writers
 import gin
 import jax
 import numpy as np
+import tensorflow as tf
 
 from dsbs_jax import checkpoints
 from dsbs_jax import data
@@ -48,7 +49,7 @@ def ensure_writable_dir(path: str) -> None:
 
 def write_config(model_dir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
+    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
       f.write(gin.operative_config_str())
 
 

@@ -34,11 +34,12 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
+from etils import epath
 
 from dsbs_jax import errors
 from tasks import parsing
@@ -105,20 +106,20 @@ class ReleaseSplit:
   counts: ParseCounts | None
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> epath.Path:
   """`data_dir`, else $DSBS_DATA_DIR; an error if neither is set."""
   if data_dir is None:
     data_dir = os.environ.get(DATA_DIR_ENV)
     if not data_dir:
       raise DataError(f'no data directory: pass data_dir or set {DATA_DIR_ENV}')
-  return Path(data_dir)
+  return epath.Path(data_dir)
 
 
 # --------------------------------------------------------------------------
 # Files.
 
 
-def read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_json_lines(path: epath.Path) -> list[tuple[int, dict[str, Any]]]:
   """(line number, record) for every non-blank line; records must be objects."""
   if not path.is_file():
     raise DataError(f'{path}: no such file')
@@ -142,7 +143,7 @@ def read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
   return records
 
 
-def completion_files(llm_dir: Path, file_split: str) -> list[Path]:
+def completion_files(llm_dir: epath.Path, file_split: str) -> list[epath.Path]:
   """`<file_split>_CoT_<k>.json` for k = 0, 1, … in order; no gaps allowed."""
   pattern = re.compile(rf'{re.escape(file_split)}_CoT_(\d+)\.json')
   found = {}
@@ -157,7 +158,7 @@ def completion_files(llm_dir: Path, file_split: str) -> list[Path]:
   return [found[k] for k in range(len(found))]
 
 
-def read_completions(paths: Sequence[Path]) -> list[str]:
+def read_completions(paths: Sequence[epath.Path]) -> list[str]:
   """The completions of all files, concatenated in order."""
   completions: list[str] = []
   for path in paths:
@@ -188,7 +189,7 @@ def _release_dataset(name: str) -> ReleaseDataset:
 
 
 @functools.lru_cache(maxsize=None)
-def _load_release_split(name: str, file_split: str, root: Path) -> ReleaseSplit:
+def _load_release_split(name: str, file_split: str, root: epath.Path) -> ReleaseSplit:
   spec = RELEASE_DATASETS[name]
   path = root / name / f'{name}_{file_split}.json'
   texts = []
@@ -250,7 +251,7 @@ JSONL_FIELDS = ('input', 'label', 'rationale', 'llm_label')
 
 
 @functools.lru_cache(maxsize=None)
-def _read_jsonl_examples(path: Path, required: frozenset[str],
+def _read_jsonl_examples(path: epath.Path, required: frozenset[str],
                          version: tuple[int, int]) -> tuple[Example, ...]:
   del version  # part of the cache key only
   examples = []
@@ -279,11 +280,12 @@ def read_jsonl_examples(path: str | os.PathLike,
   if unknown:
     raise ValueError(
         f'unknown fields {sorted(unknown)}; fields are {JSONL_FIELDS}')
-  path = Path(path).resolve()
+  path = epath.Path(path).resolve()
   if not path.is_file():
     raise DataError(f'{path}: no such file')
   # Users edit their own files: a changed file is read again.
-  version = (path.stat().st_mtime_ns, path.stat().st_size)
+  stat = tf.io.gfile.stat(os.fspath(path))
+  version = (stat.mtime_nsec, stat.length)
   required = frozenset(required) | {'input', 'label'}
   return _read_jsonl_examples(path, required, version)
 
