@@ -38,14 +38,16 @@ class Evaluation:
                partitioner: partitioning.Partitioner,
                dataset: data.DatasetConfig, params_shardings: Any,
                out_dir: str, rationale_prefix: Optional[str] = None,
-               label_prefix: str = '[label] '):
+               label_prefix: str = '[label] ',
+               num_examples: Optional[int] = None):
     self.dataset = dataset
+    self.num_examples = num_examples
     self.out_dir = out_dir
     self.rationale_prefix = rationale_prefix
     self.label_prefix = label_prefix
     self.evaluator = inference.make_evaluator(
         dataset.mixture_or_task_name, model, dataset.task_feature_lengths,
-        dataset.split, out_dir)
+        dataset.split, out_dir, num_examples)
     self.predictor = inference.Predictor(model, partitioner,
                                          dataset.batch_size, params_shardings)
 
@@ -61,7 +63,8 @@ class Evaluation:
       records = inference.predict_split(
           self.predictor, params, self.dataset.mixture_or_task_name,
           self.dataset.task_feature_lengths, self.dataset.split,
-          self.dataset.use_cached, self.rationale_prefix, self.label_prefix)
+          self.dataset.use_cached, self.rationale_prefix, self.label_prefix,
+          self.num_examples)
       path = os.path.join(self.out_dir, f'predictions_{step}.jsonl')
       if jax.process_index() == 0:
         inference.write_jsonl(records, path)
@@ -98,14 +101,15 @@ def evaluate(*,
              partitioner: Optional[partitioning.Partitioner] = None,
              restore_dtype: Optional[str] = None,
              rationale_prefix: Optional[str] = None,
-             label_prefix: str = '[label] ') -> dict[str, Any]:
-  """Metrics of `dataset.split` per task."""
+             label_prefix: str = '[label] ',
+             num_examples: Optional[int] = None) -> dict[str, Any]:
+  """Metrics of `dataset.split` (its first `num_examples`) per task."""
   partitioner = partitioner or partitioning.Partitioner()
   params, shardings, step = restore_for_inference(
       model, dataset, partitioner, checkpoint_path or model_dir, restore_dtype)
   evaluation = Evaluation(model, partitioner, dataset, shardings,
                           os.path.join(model_dir, f'eval_{dataset.split}'),
-                          rationale_prefix, label_prefix)
+                          rationale_prefix, label_prefix, num_examples)
   return evaluation(params, step)
 
 

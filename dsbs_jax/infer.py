@@ -33,7 +33,8 @@ def infer(*,
           restore_dtype: Optional[str] = None,
           rationale_prefix: Optional[str] = None,
           label_prefix: str = '[label] ',
-          num_decodes: int = 1) -> str:
+          num_decodes: int = 1,
+          num_examples: Optional[int] = None) -> str:
   """Writes predictions for `dataset.split`; returns the output path."""
   partitioner = partitioner or partitioning.Partitioner()
   params, shardings, step = eval_lib.restore_for_inference(
@@ -43,7 +44,7 @@ def infer(*,
   records = inference.predict_split(
       predictor, params, dataset.mixture_or_task_name,
       dataset.task_feature_lengths, dataset.split, dataset.use_cached,
-      rationale_prefix, label_prefix)
+      rationale_prefix, label_prefix, num_examples)
   output_path = output_path or os.path.join(
       model_dir, f'infer_{dataset.split}_{step}.jsonl')
   if jax.process_index() == 0:

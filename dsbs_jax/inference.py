@@ -119,6 +119,7 @@ def evaluate(predictor: Predictor, params: Any, evaluator: seqio.Evaluator,
 def make_evaluator(mixture_or_task_name: str, model: models.EncoderDecoderModel,
                    task_feature_lengths: dict[str, int], split: str,
                    log_dir: Optional[str],
+                   num_examples: Optional[int] = None,
                    logger_cls: Sequence[Callable[..., Any]] = (
                        seqio.TensorBoardLogger, seqio.JSONLogger)
                    ) -> seqio.Evaluator:
@@ -127,6 +128,7 @@ def make_evaluator(mixture_or_task_name: str, model: models.EncoderDecoderModel,
       feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
       eval_split=split,
       sequence_length=dict(task_feature_lengths),
+      num_examples=num_examples,
       logger_cls=logger_cls if log_dir else (),
       log_dir=log_dir)
 
@@ -162,17 +164,21 @@ def predict_split(predictor: Predictor,
                   split: str,
                   use_cached: bool = False,
                   rationale_prefix: Optional[str] = None,
-                  label_prefix: str = '[label] ') -> list[dict[str, Any]]:
+                  label_prefix: str = '[label] ',
+                  num_examples: Optional[int] = None) -> list[dict[str, Any]]:
   """One record per example: input, prediction, score, target when known.
 
   With `rationale_prefix`, each record also gets the model's `rationale`,
   generated from the same input with the rationale prefix (distilling
   step-by-step models), and the teacher's when the split has one.
+  `num_examples` limits the split to its first examples.
   """
   task = seqio.get_mixture_or_task(mixture_or_task_name)
   lengths = dict(task_feature_lengths)
   dataset = task.get_dataset(lengths, split=split, shuffle=False,
                              num_epochs=1, use_cached=use_cached)
+  if num_examples is not None:
+    dataset = dataset.take(num_examples)
   examples = list(dataset.as_numpy_iterator())
   model = predictor.model
   converter = model.FEATURE_CONVERTER_CLS(pack=False)

@@ -246,7 +246,7 @@ class Trainer:
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics)
     metrics['loss'] = models.Sum(loss)
-    metrics['grad_norm'] = models.Sum(optax.global_norm(grads))
+    metrics['grad_norm'] = models.Sum(optax.tree.norm(grads))
     # inject_hyperparams stores the rate it used for this update in the new
     # state (the old state holds the previous step's rate).
     learning_rate = current_learning_rate(opt_state)
