@@ -34,7 +34,7 @@ HF_CONFIG = dict(vocab_size=64, d_model=16, num_heads=4, d_kv=4, d_ff=32,
                  dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
                  decoder_start_token_id=0)  # transformers 5 leaves it unset
 LENGTHS = {'inputs': 14, 'targets': 12}
-LABEL_PREFIX, RATIONALE_PREFIX = 2, 3  # stand-ins for '[label] ', '[rationale] '
+LABEL_PREFIX, RATIONALE_PREFIX = 2, 3  # stand-ins for the task prefixes
 NUM_INPUTS = 6
 VOCABULARY = seqio.PassThroughVocabulary(HF_CONFIG['vocab_size'], eos_id=1)
 
