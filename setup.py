@@ -29,10 +29,10 @@ setuptools.setup(
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     python_requires='>=3.11',
-    packages=setuptools.find_packages(include=['dsbs_jax', 'dsbs_jax.*',
-                                               'tasks', 'tasks.*']),
-    package_data={'dsbs_jax': ['gin/**/*.gin']},
-    include_package_data=True,
+    # gin/ ships inside the package as dsbs_jax/gin (gin_utils finds either).
+    packages=['dsbs_jax', 'dsbs_jax.gin', 'tasks'],
+    package_dir={'dsbs_jax.gin': 'gin'},
+    package_data={'dsbs_jax.gin': ['*/*.gin']},
     install_requires=_CORE,
     extras_require={
         'test': ['pytest>=8', 'torch==2.13.0', 'transformers>=5.0'],

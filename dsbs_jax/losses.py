@@ -114,3 +114,21 @@ def distill_step_by_step_loss(token_loss: Array,
     task_sum = jnp.sum(token_loss * weights * (task_ids == task))
     terms[name] = task_sum / jnp.maximum(counts[name], 1.0)
   return alpha * terms['label'] + (1.0 - alpha) * terms['rationale'], terms
+
+
+def task_metric_sums(logits: Array, targets: Array, token_loss: Array,
+                     weights: Array, task_ids: Array
+                     ) -> dict[str, tuple[Array, Array]]:
+  """(total, count) of each task's mean loss, and of label token accuracy.
+
+  Totals and counts add up across microbatches and shards, so any metric
+  type built from them (clu `Average`) merges exactly.
+  """
+  label = weights * (task_ids == LABEL_TASK)
+  rationale = weights * (task_ids == RATIONALE_TASK)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return {
+      'label_loss': (jnp.sum(token_loss * label), jnp.sum(label)),
+      'rationale_loss': (jnp.sum(token_loss * rationale), jnp.sum(rationale)),
+      'label_accuracy': (jnp.sum(correct * label), jnp.sum(label)),
+  }

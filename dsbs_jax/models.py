@@ -251,17 +251,13 @@ class DistillStepByStepModel(EncoderDecoderModel):
     task_ids = batch['decoder_task_ids']
     token_loss, z_part = losses.token_cross_entropy(
         logits, targets, self._label_smoothing, self._z_loss)
-    loss, terms = losses.distill_step_by_step_loss(
+    loss, _ = losses.distill_step_by_step_loss(
         token_loss, weights, task_ids, self.alpha, normalizers)
     metrics = token_metrics(logits, targets, weights, token_loss, z_part)
-    label_weights = weights * (task_ids == losses.LABEL_TASK)
-    rationale_weights = weights * (task_ids == losses.RATIONALE_TASK)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    metrics.update({
-        'label_loss': _mean(token_loss, label_weights),
-        'rationale_loss': _mean(token_loss, rationale_weights),
-        'label_accuracy': _mean(correct, label_weights),
-        'label_tokens': Sum(jnp.sum(label_weights)),
-        'rationale_tokens': Sum(jnp.sum(rationale_weights)),
-    })
+    sums = losses.task_metric_sums(logits, targets, token_loss, weights,
+                                   task_ids)
+    metrics.update({name: clu_metrics.Average(total=total, count=count)
+                    for name, (total, count) in sums.items()})
+    metrics['label_tokens'] = Sum(sums['label_loss'][1])
+    metrics['rationale_tokens'] = Sum(sums['rationale_loss'][1])
     return loss, metrics

@@ -14,7 +14,6 @@ from typing import Any, Mapping, Optional
 
 from clu import metrics as clu_metrics
 import jax
-import jax.numpy as jnp
 
 try:
   from t5x import metrics as t5x_metrics
@@ -72,19 +71,11 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
     metrics = dict(self._compute_metrics(
         logits=logits, targets=targets, mask=weights, loss=loss,
         z_loss=z_loss))
-    label_weights = weights * (task_ids == losses.LABEL_TASK)
-    rationale_weights = weights * (task_ids == losses.RATIONALE_TASK)
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    metrics.update({
-        'label_loss': clu_metrics.Average(
-            total=jnp.sum(token_loss * label_weights), count=counts['label']),
-        'rationale_loss': clu_metrics.Average(
-            total=jnp.sum(token_loss * rationale_weights),
-            count=counts['rationale']),
-        'label_accuracy': clu_metrics.Average(
-            total=jnp.sum(correct * label_weights), count=counts['label']),
-        'label_tokens': t5x_metrics.AveragePerStep(total=counts['label']),
-        'rationale_tokens': t5x_metrics.AveragePerStep(
-            total=counts['rationale']),
-    })
+    sums = losses.task_metric_sums(logits, targets, token_loss, weights,
+                                   task_ids)
+    metrics.update({name: clu_metrics.Average(total=total, count=count)
+                    for name, (total, count) in sums.items()})
+    metrics['label_tokens'] = t5x_metrics.AveragePerStep(total=counts['label'])
+    metrics['rationale_tokens'] = t5x_metrics.AveragePerStep(
+        total=counts['rationale'])
     return loss, metrics

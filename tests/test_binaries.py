@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
@@ -24,16 +25,33 @@ TINY_RUN = [
 ]
 
 
-def _env() -> dict[str, str]:
-  # One CPU device, quiet TensorFlow.
-  return dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu',
-              TF_CPP_MIN_LOG_LEVEL='2')
+_COMPILATION_CACHE = {}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _shared_compilation_cache(tmp_path_factory):
+  """The binaries' runs share jax's persistent compilation cache, so the
+  second run of the same configuration does not compile again."""
+  _COMPILATION_CACHE['dir'] = str(tmp_path_factory.mktemp('jax_cache'))
+
+
+def binary_env() -> dict[str, str]:
+  """One CPU device, quiet TensorFlow, this Python's console scripts first on
+  PATH, and the shared compilation cache when there is one."""
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu',
+             TF_CPP_MIN_LOG_LEVEL='2',
+             PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                   os.environ.get('PATH', '')]))
+  if 'dir' in _COMPILATION_CACHE:
+    env.update(JAX_COMPILATION_CACHE_DIR=_COMPILATION_CACHE['dir'],
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  return env
 
 
 def run_binary(binary: str, *args: str, timeout: int = 600
                ) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, '-m', f'dsbs_jax.{binary}', *args],
-                        capture_output=True, text=True, env=_env(),
+                        capture_output=True, text=True, env=binary_env(),
                         timeout=timeout, check=False)
 
 
@@ -95,7 +113,7 @@ def test_train_lowers_the_loss_then_eval_and_infer_read_the_checkpoint(
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
-  steps, period = 300, 50
+  steps, period = 150, 30
   args = [*TINY_RUN, f'--gin.TRAIN_STEPS={steps}',
           f'--gin.CHECKPOINT_PERIOD={period}', '--gin.KEEP_CHECKPOINTS=None']
   straight = tmp_path / 'straight'
@@ -104,7 +122,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
   killed = tmp_path / 'killed'
   process = subprocess.Popen(
       [sys.executable, '-m', 'dsbs_jax.train', *args,
-       f"--gin.MODEL_DIR='{killed}'"], env=_env(),
+       f"--gin.MODEL_DIR='{killed}'"], env=binary_env(),
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while not (killed / f'checkpoint_{period}').exists():
