@@ -288,7 +288,3 @@ def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
   metrics = jax.device_get(metrics)
   return {name: float(np.asarray(m.compute())) for name, m in metrics.items()}
 
-
-def merge_metrics(a: Optional[Mapping[str, Any]],
-                  b: Mapping[str, Any]) -> dict[str, Any]:
-  return dict(b) if a is None else jax.tree.map(jnp.add, dict(a), dict(b))

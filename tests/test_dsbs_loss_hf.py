@@ -203,7 +203,9 @@ def test_microbatched_loss_equals_hf_reference(hf_and_ours, reference,
       loss, metrics = _loss_and_metrics(config, params, microbatch, alpha,
                                         normalizers)
       total += float(loss)
-      merged = trainer_lib.merge_metrics(merged, metrics)
+      merged = metrics if merged is None else {
+          name: metric.merge(metrics[name])
+          for name, metric in merged.items()}
     assert total == pytest.approx(_expected(losses_by_task, alpha), rel=1e-5)
     _check_task_metrics(merged, losses_by_task)
 
