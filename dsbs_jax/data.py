@@ -75,3 +75,16 @@ def model_input_shapes(config: DatasetConfig,
   lengths = converter.get_model_feature_lengths(
       dict(config.task_feature_lengths))
   return {name: (config.batch_size, length) for name, length in lengths.items()}
+
+
+def batch_statistics(local_batch: Mapping[str, np.ndarray]) -> tuple[int, int]:
+  """(examples, non-padding target tokens) in a host's batch.
+
+  Packed rows hold several examples: their count is the number of segments.
+  """
+  targets = local_batch['decoder_target_tokens']
+  if 'decoder_segment_ids' in local_batch:
+    examples = int(np.sum(np.max(local_batch['decoder_segment_ids'], axis=1)))
+  else:
+    examples = int(np.sum(np.any(targets > 0, axis=1)))
+  return examples, int(np.sum(targets > 0))

@@ -123,11 +123,13 @@ def train(*,
         rationale_prefix if rationales else None, label_prefix)
 
   periodic_eval = evaluation(eval_split, False) if eval_period else None
-  tokens_since_log, steps_since_log = 0, 0
+  # Examples and target tokens since the last log, from all hosts' batches.
+  seen = np.zeros(2, np.int64)
+  steps_since_log = 0
   last_log = time.time()
   for step in range(start_step + 1, train_steps + 1):
     local_batch = next(batches)
-    tokens_since_log += int(np.sum(local_batch['decoder_target_tokens'] > 0))
+    seen += np.array(data.batch_statistics(local_batch)) * jax.process_count()
     state, metrics = trainer.train_step(state,
                                         partitioner.global_batch(local_batch))
     steps_since_log += 1
@@ -136,14 +138,12 @@ def train(*,
     if step % log_period == 0 or step == train_steps:
       values = trainer_lib.compute_metrics(metrics)  # Waits for the step.
       elapsed = time.time() - last_log
-      values.update(throughput(steps_since_log, elapsed,
-                               train_dataset.batch_size,
-                               tokens_since_log * jax.process_count()))
+      values.update(throughput(steps_since_log, elapsed, *seen))
       writer.write_scalars(step, values)
       logging.info('step %d/%d  loss %.4f  %.2f steps/s  ETA %s', step,
                    train_steps, values['loss'], values['steps_per_second'],
                    _eta(train_steps - step, values['steps_per_second']))
-      tokens_since_log, steps_since_log, last_log = 0, 0, time.time()
+      seen[:], steps_since_log, last_log = 0, 0, time.time()
     checkpointer.save(step, state, force=step == train_steps)
     if periodic_eval and (step % eval_period == 0 or step == train_steps):
       periodic_eval(state.params, step)
@@ -154,12 +154,12 @@ def train(*,
   return state
 
 
-def throughput(steps: int, seconds: float, batch_size: int,
+def throughput(steps: int, seconds: float, examples: int,
                target_tokens: int) -> dict[str, float]:
   seconds = max(seconds, 1e-9)
   return {
       'steps_per_second': steps / seconds,
-      'examples_per_second': steps * batch_size / seconds,
+      'examples_per_second': examples / seconds,
       'target_tokens_per_second': target_tokens / seconds,
   }
 

@@ -24,7 +24,6 @@ from absl import flags
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dsbs_jax import data
 from dsbs_jax import gin_utils
@@ -110,6 +109,7 @@ class Timing:
   compiled: jax.stages.Compiled  # the train step, for XLA's analyses
   compile_seconds: float
   seconds: float  # of the timed steps
+  examples: int  # in the timed steps, on all hosts
   target_tokens: int  # non-padding, in the timed steps, on all hosts
 
 
@@ -122,29 +122,25 @@ def time_train_steps(trainer: trainer_lib.Trainer,
   batches = data.get_batches(train_dataset, converter)
   next_batch = lambda: partitioner.global_batch(next(batches))
 
-  # The Trainer keeps its jitted step private; lowering that very function
-  # gives XLA's analyses of the program that runs (and fills its cache).
   start = time.perf_counter()
-  trainer.compile(jax.tree.map(lambda x: x.sharding, state))
-  with partitioner.activation_context():
-    compiled = trainer._train_step.lower(  # pylint: disable=protected-access
-        state, next_batch()).compile()
+  compiled = trainer.lower_train_step(state, next_batch()).compile()
   compile_seconds = time.perf_counter() - start
 
   for _ in range(_WARMUP_STEPS.value):
     state, _ = trainer.train_step(state, next_batch())
   jax.block_until_ready(state)
 
-  tokens = 0
+  examples = tokens = 0
   start = time.perf_counter()
   for _ in range(_STEPS.value):
     local_batch = next(batches)
-    tokens += int(np.sum(local_batch['decoder_target_tokens'] > 0))
+    batch_examples, batch_tokens = data.batch_statistics(local_batch)
+    examples, tokens = examples + batch_examples, tokens + batch_tokens
     state, metrics = trainer.train_step(state,
                                         partitioner.global_batch(local_batch))
   jax.block_until_ready((state, metrics))
   return Timing(compiled, compile_seconds, time.perf_counter() - start,
-                tokens * jax.process_count())
+                examples * jax.process_count(), tokens * jax.process_count())
 
 
 def report(timing: Timing, trainer: trainer_lib.Trainer,
@@ -168,8 +164,8 @@ def report(timing: Timing, trainer: trainer_lib.Trainer,
     peak_note = ('given' if peak else
                  'give --peak_tflops or --measure_peak for utilisations')
   total_peak = peak * 1e12 * jax.device_count() if peak else None
-  rates = train_lib.throughput(_STEPS.value, timing.seconds,
-                               train_dataset.batch_size, timing.target_tokens)
+  rates = train_lib.throughput(_STEPS.value, timing.seconds, timing.examples,
+                               timing.target_tokens)
 
   mesh = trainer.partitioner.mesh.shape
   print(f'devices: {jax.device_count()} x {jax.devices()[0].platform} in '
