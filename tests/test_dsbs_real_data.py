@@ -9,10 +9,13 @@ import functools
 import json
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 import seqio
 
 from conftest import DATASETS_DIR
+from dsbs_jax import checkpoints
 from dsbs_jax import data
 from dsbs_jax import decoding
 from dsbs_jax import eval as eval_lib
@@ -42,6 +45,19 @@ def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
                       partitioner=one_device, checkpoint_period=4,
                       log_period=1)
   assert int(state.step) == 4
+
+  # The checkpoint restores as bfloat16 parameters for inference.
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        state.params)
+  shardings = jax.tree.map(lambda x: x.sharding, state.params)
+  params, step = checkpoints.restore_params(str(tmp_path), shapes, shardings,
+                                            tiny_config, 'bfloat16')
+  assert step == 4
+  for restored, trained in zip(jax.tree.leaves(params),
+                               jax.tree.leaves(state.params)):
+    assert restored.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(restored, np.float32), trained,
+                               rtol=1e-2, atol=1e-6)
 
   eval_config = data.DatasetConfig(task, lengths, split='test', batch_size=8,
                                    shuffle=False)

@@ -171,7 +171,7 @@ def report(timing: Timing, trainer: trainer_lib.Trainer,
   print(f'devices: {jax.device_count()} x {jax.devices()[0].platform} in '
         f'{jax.process_count()} process(es), mesh data={mesh["data"]} '
         f'model={mesh["model"]}')
-  print(f'batch: {train_dataset.batch_size} examples, lengths '
+  print(f'batch: {train_dataset.batch_size} sequences, lengths '
         f'{dict(train_dataset.task_feature_lengths)}, '
         f'{trainer.num_microbatches} microbatch(es); '
         f'{_WARMUP_STEPS.value} warm-up and {_STEPS.value} timed steps')
