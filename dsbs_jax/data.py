@@ -38,10 +38,6 @@ def _local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def feature_converter(model, pack: bool) -> seqio.FeatureConverter:
-  return model.FEATURE_CONVERTER_CLS(pack=pack)
-
-
 def get_batches(config: DatasetConfig,
                 converter: seqio.FeatureConverter,
                 start_step: int = 0,

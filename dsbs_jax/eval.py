@@ -83,7 +83,7 @@ def restore_for_inference(model: models.EncoderDecoderModel,
                           path: str,
                           dtype: Optional[str]) -> tuple[Any, Any, int]:
   """Sharded parameters, their shardings and their step."""
-  converter = data.feature_converter(model, pack=False)
+  converter = model.FEATURE_CONVERTER_CLS(pack=False)
   input_shapes = data.model_input_shapes(dataset, converter)
   shapes, shardings = trainer.param_shapes_and_shardings(model, partitioner,
                                                          input_shapes)

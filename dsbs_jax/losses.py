@@ -11,7 +11,7 @@ that task's target tokens in the *global* batch. Callers that split a batch
 `normalizers`, so summing the pieces' losses gives the global loss exactly.
 """
 
-from typing import Mapping, Optional, Union
+from typing import Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -132,3 +132,41 @@ def task_metric_sums(logits: Array, targets: Array, token_loss: Array,
       'rationale_loss': (jnp.sum(token_loss * rationale), jnp.sum(rationale)),
       'label_accuracy': (jnp.sum(correct * label), jnp.sum(label)),
   }
+
+
+class TwoTaskLoss(NamedTuple):
+  """The two-task loss of a batch and what its metrics are made of."""
+
+  loss: Array  # alpha * L_label + (1 - alpha) * L_rationale
+  z_loss: Array  # the z-loss share of `loss`
+  token_loss: Array  # per-token cross-entropy, z-loss included
+  token_z_loss: Array  # per-token z-loss
+  metric_sums: dict[str, tuple[Array, Array]]  # see task_metric_sums
+
+
+def distill_step_by_step_from_logits(
+    logits: Array,
+    batch: Mapping[str, Array],
+    alpha: float,
+    counts: Optional[Mapping[str, Array]] = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0) -> TwoTaskLoss:
+  """The two-task loss of a batch with `decoder_task_ids`, from its logits.
+
+  `counts` are the global per-task token counts; by default the batch's own.
+  Shared by our model and the real-t5x model subclass.
+  """
+  targets = batch['decoder_target_tokens']
+  weights = loss_weights(batch)
+  task_ids = batch['decoder_task_ids']
+  if counts is None:
+    counts = task_token_counts(weights, task_ids)
+  token_loss, token_z_loss = token_cross_entropy(logits, targets,
+                                                 label_smoothing, z_loss)
+  loss, _ = distill_step_by_step_loss(token_loss, weights, task_ids, alpha,
+                                      counts)
+  z_share, _ = distill_step_by_step_loss(token_z_loss, weights, task_ids,
+                                         alpha, counts)
+  return TwoTaskLoss(loss, z_share, token_loss, token_z_loss,
+                     task_metric_sums(logits, targets, token_loss, weights,
+                                      task_ids))

@@ -246,18 +246,14 @@ class DistillStepByStepModel(EncoderDecoderModel):
     if normalizers is None:
       normalizers = self.loss_normalizers(batch)
     logits = self._compute_logits(params, batch, dropout_rng)
-    targets = batch['decoder_target_tokens']
-    weights = losses.loss_weights(batch)
-    task_ids = batch['decoder_task_ids']
-    token_loss, z_part = losses.token_cross_entropy(
-        logits, targets, self._label_smoothing, self._z_loss)
-    loss, _ = losses.distill_step_by_step_loss(
-        token_loss, weights, task_ids, self.alpha, normalizers)
-    metrics = token_metrics(logits, targets, weights, token_loss, z_part)
-    sums = losses.task_metric_sums(logits, targets, token_loss, weights,
-                                   task_ids)
+    out = losses.distill_step_by_step_from_logits(
+        logits, batch, self.alpha, normalizers, self._label_smoothing,
+        self._z_loss)
+    metrics = token_metrics(logits, batch['decoder_target_tokens'],
+                            losses.loss_weights(batch), out.token_loss,
+                            out.token_z_loss)
     metrics.update({name: clu_metrics.Average(total=total, count=count)
-                    for name, (total, count) in sums.items()})
-    metrics['label_tokens'] = Sum(sums['label_loss'][1])
-    metrics['rationale_tokens'] = Sum(sums['rationale_loss'][1])
-    return loss, metrics
+                    for name, (total, count) in out.metric_sums.items()})
+    metrics['label_tokens'] = Sum(out.metric_sums['label_loss'][1])
+    metrics['rationale_tokens'] = Sum(out.metric_sums['rationale_loss'][1])
+    return out.loss, metrics

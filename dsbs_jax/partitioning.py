@@ -118,14 +118,10 @@ class Partitioner:
   def batch_sharding(self) -> NamedSharding:
     return self.sharding(P(DATA))
 
-  def logical_to_sharding(self, logical_specs: Any) -> Any:
-    """Shardings for a tree of logical PartitionSpecs."""
-    return nn.logical_to_mesh_sharding(logical_specs, self.mesh,
-                                       self.logical_axis_rules)
-
   def params_shardings(self, boxed_params: Any) -> Any:
     """Shardings for parameters from their flax logical-axis metadata."""
-    return self.logical_to_sharding(nn.get_partition_spec(boxed_params))
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_params),
+                                       self.mesh, self.logical_axis_rules)
 
   def optimizer_shardings(self, optimizer: optax.GradientTransformation,
                           opt_state_shapes: Any, param_shapes: Any,

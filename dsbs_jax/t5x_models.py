@@ -57,25 +57,17 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
               dropout_rng: Optional[Array]
               ) -> tuple[Array, dict[str, clu_metrics.Metric]]:
     logits = self._compute_logits(params, batch, dropout_rng)
-    targets = batch['decoder_target_tokens']
-    weights = losses.loss_weights(batch)
-    task_ids = batch['decoder_task_ids']
-    token_loss, z_part = losses.token_cross_entropy(
-        logits, targets, self._label_smoothing, self._z_loss)
-    counts = losses.task_token_counts(weights, task_ids)
-    loss, _ = losses.distill_step_by_step_loss(token_loss, weights, task_ids,
-                                               self.alpha, counts)
-    # The z-loss share of `loss`, so t5x's cross_ent_loss is loss - z_loss.
-    z_loss, _ = losses.distill_step_by_step_loss(z_part, weights, task_ids,
-                                                 self.alpha, counts)
+    out = losses.distill_step_by_step_from_logits(
+        logits, batch, self.alpha, label_smoothing=self._label_smoothing,
+        z_loss=self._z_loss)
+    # t5x's cross_ent_loss is loss - z_loss: pass the z-loss share of `loss`.
     metrics = dict(self._compute_metrics(
-        logits=logits, targets=targets, mask=weights, loss=loss,
-        z_loss=z_loss))
-    sums = losses.task_metric_sums(logits, targets, token_loss, weights,
-                                   task_ids)
+        logits=logits, targets=batch['decoder_target_tokens'],
+        mask=losses.loss_weights(batch), loss=out.loss, z_loss=out.z_loss))
     metrics.update({name: clu_metrics.Average(total=total, count=count)
-                    for name, (total, count) in sums.items()})
-    metrics['label_tokens'] = t5x_metrics.AveragePerStep(total=counts['label'])
+                    for name, (total, count) in out.metric_sums.items()})
+    metrics['label_tokens'] = t5x_metrics.AveragePerStep(
+        total=out.metric_sums['label_loss'][1])
     metrics['rationale_tokens'] = t5x_metrics.AveragePerStep(
-        total=counts['rationale'])
-    return loss, metrics
+        total=out.metric_sums['rationale_loss'][1])
+    return out.loss, metrics

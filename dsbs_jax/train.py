@@ -102,7 +102,7 @@ def train(*,
   ensure_writable_dir(model_dir)
   partitioner = partitioner or partitioning.Partitioner()
   trainer = trainer_cls(model=model, partitioner=partitioner)
-  converter = data.feature_converter(model, train_dataset.pack)
+  converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset.pack)
   input_shapes = data.model_input_shapes(train_dataset, converter)
   checkpointer = checkpoints.TrainCheckpointer(model_dir, checkpoint_period,
                                                keep_checkpoints)

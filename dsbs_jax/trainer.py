@@ -165,7 +165,6 @@ class Trainer:
     self.num_microbatches = num_microbatches or 1
     self.seed = seed
     self._train_step = None
-    self._eval_step = None
 
   # -- state ---------------------------------------------------------------
 
@@ -256,16 +255,11 @@ class Trainer:
                       opt_state=opt_state), metrics
 
   def compile(self, state_shardings: TrainState) -> None:
-    batch_sharding = self.partitioner.batch_sharding
     self._train_step = jax.jit(
         self._train_step_fn,
-        in_shardings=(state_shardings, batch_sharding),
+        in_shardings=(state_shardings, self.partitioner.batch_sharding),
         out_shardings=(state_shardings, self.partitioner.replicated),
         donate_argnums=(0,))
-    self._eval_step = jax.jit(
-        lambda params, batch: self.model.eval_fn(params, batch)[1],
-        in_shardings=(state_shardings.params, batch_sharding),
-        out_shardings=self.partitioner.replicated)
 
   def lower_train_step(self, state: TrainState, batch: Mapping[str, Array]
                        ) -> jax.stages.Lowered:
@@ -282,13 +276,6 @@ class Trainer:
       self.compile(jax.tree.map(lambda x: x.sharding, state))
     with self.partitioner.activation_context():
       return self._train_step(state, batch)
-
-  def eval_step(self, state: TrainState, batch: Mapping[str, Array]
-                ) -> dict[str, Any]:
-    if self._eval_step is None:
-      self.compile(jax.tree.map(lambda x: x.sharding, state))
-    with self.partitioner.activation_context():
-      return self._eval_step(state.params, batch)
 
 
 def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -22,10 +22,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from dsbs_jax.losses import LABEL_TASK, RATIONALE_TASK
 from tasks.sources import Example
 
-LABEL_TASK = 1
-RATIONALE_TASK = 2
 LABEL_SOURCES = ('llm', 'gt')
 
 

@@ -117,7 +117,7 @@ def time_train_steps(trainer: trainer_lib.Trainer,
                      train_dataset: data.DatasetConfig) -> Timing:
   """Compiles the train step, warms up, then times `--steps` steps."""
   model, partitioner = trainer.model, trainer.partitioner
-  converter = data.feature_converter(model, train_dataset.pack)
+  converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset.pack)
   state = trainer.init_state(data.model_input_shapes(train_dataset, converter))
   batches = data.get_batches(train_dataset, converter)
   next_batch = lambda: partitioner.global_batch(next(batches))
