@@ -1,3 +1,6 @@
-"""dsbs_jax: Distilling step-by-step (Hsieh et al., 2023) on a t5x-compatible JAX/Flax T5 stack."""
+"""dsbs_jax: Distilling step-by-step (Hsieh et al., 2023) on a JAX/Flax T5.
 
-__version__ = "0.1.0"
+The T5 stack is t5x-compatible: its parameters are t5x's.
+"""
+
+__version__ = '0.1.0'

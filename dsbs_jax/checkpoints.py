@@ -13,11 +13,13 @@ Only the parameters (t5x's `target`) are read, never the optimizer state.
 """
 
 import collections
+from collections.abc import Mapping
 import json
 import os
 import pickle
+from typing import Any
+from typing import BinaryIO
 import zipfile
-from typing import Any, BinaryIO, Mapping, Optional
 
 from etils import epath
 from flax import linen as nn
@@ -40,6 +42,7 @@ Params = dict[str, Any]  # nested dict of float32 np.ndarray
 class CheckpointError(errors.UserError, ValueError):
   """A checkpoint that is missing, unreadable or does not fit the model."""
 
+
 _Key = tuple[str, ...]
 
 # ----------------------------------------------------------------------------
@@ -47,8 +50,9 @@ _Key = tuple[str, ...]
 # ----------------------------------------------------------------------------
 
 
-def load_params(path: str | os.PathLike[str],
-                config: Optional[network.T5Config] = None) -> Params:
+def load_params(
+  path: str | os.PathLike[str], config: network.T5Config | None = None
+) -> Params:
   """Parameters of a t5x or HuggingFace T5 checkpoint, in t5x's tree.
 
   With `config`, the tree is checked against the network it configures
@@ -64,8 +68,9 @@ def load_params(path: str | os.PathLike[str],
     params = _load_hf(directory)
   else:
     raise CheckpointError(
-        f'{directory} is not a t5x checkpoint (no `checkpoint` file, no '
-        '`state/` folder) nor a HuggingFace folder (no `config.json`).')
+      f'{directory} is not a t5x checkpoint (no `checkpoint` file, no '
+      '`state/` folder) nor a HuggingFace folder (no `config.json`).'
+    )
   if config is not None:
     check_params(params, config)
   return params
@@ -75,33 +80,44 @@ def param_shapes(config: network.T5Config) -> dict[_Key, tuple[int, ...]]:
   """Flattened parameter shapes of `Transformer(config)`, without allocating."""
   tokens = jnp.zeros((1, 1), jnp.int32)
   variables = jax.eval_shape(
-      lambda: network.Transformer(config).init(
-          jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False))
+    lambda: network.Transformer(config).init(
+      jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False
+    )
+  )
   flat = traverse_util.flatten_dict(nn.unbox(variables['params']))
   return {key: tuple(leaf.shape) for key, leaf in flat.items()}
 
 
 def check_params(params: Params, config: network.T5Config) -> None:
-  """Raises ValueError naming each missing, unexpected or misshapen parameter."""
+  """Raises naming each missing, unexpected or misshapen parameter."""
   expected = param_shapes(config)
   actual = traverse_util.flatten_dict(params)
-  problems = [f'missing {"/".join(k)} {expected[k]}'
-              for k in expected if k not in actual]
-  problems += [f'unexpected {"/".join(k)} {np.shape(actual[k])}'
-               for k in actual if k not in expected]
+  problems = [
+    f'missing {"/".join(k)} {expected[k]}' for k in expected if k not in actual
+  ]
   problems += [
-      f'{"/".join(k)} has shape {np.shape(actual[k])}, expected {expected[k]}'
-      for k in expected if k in actual and np.shape(actual[k]) != expected[k]]
+    f'unexpected {"/".join(k)} {np.shape(actual[k])}'
+    for k in actual
+    if k not in expected
+  ]
+  problems += [
+    f'{"/".join(k)} has shape {np.shape(actual[k])}, expected {expected[k]}'
+    for k in expected
+    if k in actual and np.shape(actual[k]) != expected[k]
+  ]
   if problems:
-    raise CheckpointError('Parameters do not match the T5 config: ' +
-                     '; '.join(problems))
+    raise CheckpointError(
+      'Parameters do not match the T5 config: ' + '; '.join(problems)
+    )
 
 
 def config_from_hf(path: str | os.PathLike[str]) -> network.T5Config:
   """The `T5Config` of a HuggingFace T5 folder (its `config.json`)."""
   hf = _hf_config(epath.Path(path))
   if hf.get('model_type', 't5') not in ('t5', 'mt5'):
-    raise CheckpointError(f'{path}: model_type {hf["model_type"]!r} is not T5/mT5.')
+    raise CheckpointError(
+      f'{path}: model_type {hf["model_type"]!r} is not T5/mT5.'
+    )
   proj = hf['feed_forward_proj']
   gated, _, act = proj.rpartition('-')
   if gated not in ('', 'gated'):
@@ -110,23 +126,25 @@ def config_from_hf(path: str | os.PathLike[str]) -> network.T5Config:
     act = 'gelu_new'  # HuggingFace's alias: the tanh-approximate GELU.
   if act not in _FLAX_ACTIVATIONS:
     raise CheckpointError(
-        f'{path}: activation {act!r} has no t5x equivalent (flax\'s gelu is '
-        f'the tanh approximation); supported: {sorted(_FLAX_ACTIVATIONS)}.')
+      f"{path}: activation {act!r} has no t5x equivalent (flax's gelu is "
+      f'the tanh approximation); supported: {sorted(_FLAX_ACTIVATIONS)}.'
+    )
   activation = _FLAX_ACTIVATIONS[act]
   return network.T5Config(
-      vocab_size=hf['vocab_size'],
-      emb_dim=hf['d_model'],
-      num_heads=hf['num_heads'],
-      num_encoder_layers=hf['num_layers'],
-      num_decoder_layers=hf['num_decoder_layers'] or hf['num_layers'],
-      head_dim=hf['d_kv'],
-      mlp_dim=hf['d_ff'],
-      mlp_activations=(activation, 'linear') if gated else (activation,),
-      dropout_rate=hf['dropout_rate'],
-      logits_via_embedding=_logits_via_embedding(hf),
-      num_buckets=hf['relative_attention_num_buckets'],
-      max_distance=hf['relative_attention_max_distance'],
-      layer_norm_epsilon=hf['layer_norm_epsilon'])
+    vocab_size=hf['vocab_size'],
+    emb_dim=hf['d_model'],
+    num_heads=hf['num_heads'],
+    num_encoder_layers=hf['num_layers'],
+    num_decoder_layers=hf['num_decoder_layers'] or hf['num_layers'],
+    head_dim=hf['d_kv'],
+    mlp_dim=hf['d_ff'],
+    mlp_activations=(activation, 'linear') if gated else (activation,),
+    dropout_rate=hf['dropout_rate'],
+    logits_via_embedding=_logits_via_embedding(hf),
+    num_buckets=hf['relative_attention_num_buckets'],
+    max_distance=hf['relative_attention_max_distance'],
+    layer_norm_epsilon=hf['layer_norm_epsilon'],
+  )
 
 
 # --- t5x legacy: msgpack tree whose large leaves are tensorstore specs -------
@@ -136,14 +154,19 @@ def _load_t5x_legacy(directory: epath.Path) -> Params:
   """Reads `target` of a t5x msgpack checkpoint; zarr arrays concurrently."""
   state = serialization.msgpack_restore((directory / 'checkpoint').read_bytes())
   target = traverse_util.flatten_dict(
-      state['optimizer']['target'],
-      is_leaf=lambda _, value: isinstance(value, dict) and 'driver' in value)
-  opened = {key: ts.open(_absolute_spec(directory, leaf))
-            for key, leaf in target.items() if isinstance(leaf, dict)}
+    state['optimizer']['target'],
+    is_leaf=lambda _, value: isinstance(value, dict) and 'driver' in value,
+  )
+  opened = {
+    key: ts.open(_absolute_spec(directory, leaf))
+    for key, leaf in target.items()
+    if isinstance(leaf, dict)
+  }
   reads = {key: store.result().read() for key, store in opened.items()}
-  flat = {key: np.asarray(reads[key].result() if key in reads else leaf,
-                          np.float32)
-          for key, leaf in target.items()}
+  flat = {
+    key: np.asarray(reads[key].result() if key in reads else leaf, np.float32)
+    for key, leaf in target.items()
+  }
   return traverse_util.unflatten_dict(flat)
 
 
@@ -158,8 +181,11 @@ def _absolute_spec(directory: epath.Path, spec: dict[str, Any]) -> dict:
   relative = spec['kvstore'].get('path') or spec.pop('path')
   location = os.path.join(os.fspath(directory), relative)
   # tensorstore parses URLs (gs://bucket/..., s3://...) as kvstore specs.
-  spec['kvstore'] = (location if '://' in location else
-                     {'driver': 'file', 'path': os.path.abspath(location)})
+  spec['kvstore'] = (
+    location
+    if '://' in location
+    else {'driver': 'file', 'path': os.path.abspath(location)}
+  )
   return spec
 
 
@@ -171,12 +197,17 @@ def _load_t5x_orbax(state_dir: epath.Path) -> Params:
   state_dir = state_dir.absolute()  # orbax's OCDBT reader insists.
   handler = ocp.PyTreeCheckpointHandler()
   target = handler.metadata(state_dir).tree['target']
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          target)
+  as_numpy = jax.tree.map(
+    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
+  )
   restored = ocp.Checkpointer(handler).restore(
-      state_dir, args=ocp.args.PyTreeRestore(
-          item={'target': target}, restore_args={'target': as_numpy},
-          partial_restore=True))
+    state_dir,
+    args=ocp.args.PyTreeRestore(
+      item={'target': target},
+      restore_args={'target': as_numpy},
+      partial_restore=True,
+    ),
+  )
   return jax.tree.map(lambda x: np.asarray(x, np.float32), restored['target'])
 
 
@@ -187,38 +218,46 @@ _FLAX_ACTIVATIONS = {'relu': 'relu', 'gelu_new': 'gelu', 'silu': 'silu'}
 
 # transformers' T5Config defaults: config.json may omit keys at their default.
 _HF_DEFAULTS = {
-    'vocab_size': 32128, 'd_model': 512, 'd_kv': 64, 'd_ff': 2048,
-    'num_layers': 6, 'num_decoder_layers': None, 'num_heads': 8,
-    'relative_attention_num_buckets': 32,
-    'relative_attention_max_distance': 128, 'dropout_rate': 0.1,
-    'layer_norm_epsilon': 1e-6, 'feed_forward_proj': 'relu',
-    'tie_word_embeddings': True,
+  'vocab_size': 32128,
+  'd_model': 512,
+  'd_kv': 64,
+  'd_ff': 2048,
+  'num_layers': 6,
+  'num_decoder_layers': None,
+  'num_heads': 8,
+  'relative_attention_num_buckets': 32,
+  'relative_attention_max_distance': 128,
+  'dropout_rate': 0.1,
+  'layer_norm_epsilon': 1e-6,
+  'feed_forward_proj': 'relu',
+  'tie_word_embeddings': True,
 }
 
 # Names of t5x layer submodules in HuggingFace's `{stack}.block.{i}`.
 _HF_LAYER = {
-    'encoder': {
-        'attention': 'layer.0.SelfAttention',
-        'pre_attention_layer_norm': 'layer.0.layer_norm',
-        'mlp': 'layer.1.DenseReluDense',
-        'pre_mlp_layer_norm': 'layer.1.layer_norm',
-    },
-    'decoder': {
-        'self_attention': 'layer.0.SelfAttention',
-        'pre_self_attention_layer_norm': 'layer.0.layer_norm',
-        'encoder_decoder_attention': 'layer.1.EncDecAttention',
-        'pre_cross_attention_layer_norm': 'layer.1.layer_norm',
-        'mlp': 'layer.2.DenseReluDense',
-        'pre_mlp_layer_norm': 'layer.2.layer_norm',
-    },
+  'encoder': {
+    'attention': 'layer.0.SelfAttention',
+    'pre_attention_layer_norm': 'layer.0.layer_norm',
+    'mlp': 'layer.1.DenseReluDense',
+    'pre_mlp_layer_norm': 'layer.1.layer_norm',
+  },
+  'decoder': {
+    'self_attention': 'layer.0.SelfAttention',
+    'pre_self_attention_layer_norm': 'layer.0.layer_norm',
+    'encoder_decoder_attention': 'layer.1.EncDecAttention',
+    'pre_cross_attention_layer_norm': 'layer.1.layer_norm',
+    'mlp': 'layer.2.DenseReluDense',
+    'pre_mlp_layer_norm': 'layer.2.layer_norm',
+  },
 }
 _HF_PROJECTION = {'query': 'q', 'key': 'k', 'value': 'v', 'out': 'o'}
 
 # Tensors HuggingFace writes but never reads as parameters of their own:
 # copies of `shared.weight`, and a cross-attention bias old T5 files carry.
 _HF_REDUNDANT = {
-    'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight',
-    'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight',
+  'encoder.embed_tokens.weight',
+  'decoder.embed_tokens.weight',
+  'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight',
 }
 
 
@@ -244,17 +283,23 @@ def _hf_name(key: _Key) -> str:
     case ('decoder', 'logits_dense', 'kernel'):
       return 'lm_head.weight'
     case (stack, 'relpos_bias', 'rel_embedding'):
-      return (f'{stack}.block.0.layer.0.SelfAttention.'
-              'relative_attention_bias.weight')
+      return (
+        f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight'
+      )
     case (stack, 'encoder_norm' | 'decoder_norm', 'scale'):
       return f'{stack}.final_layer_norm.weight'
     case (stack, layer, norm, 'scale') if layer.startswith('layers_'):
       return f'{stack}.block.{layer[7:]}.{_HF_LAYER[stack][norm]}.weight'
     case (stack, layer, module, projection, 'kernel') if layer.startswith(
-        'layers_'):
-      return (f'{stack}.block.{layer[7:]}.{_HF_LAYER[stack][module]}.'
-              f'{_HF_PROJECTION.get(projection, projection)}.weight')
-  raise CheckpointError(f'No HuggingFace name for t5x parameter {"/".join(key)}.')
+      'layers_'
+    ):
+      return (
+        f'{stack}.block.{layer[7:]}.{_HF_LAYER[stack][module]}.'
+        f'{_HF_PROJECTION.get(projection, projection)}.weight'
+      )
+  raise CheckpointError(
+    f'No HuggingFace name for t5x parameter {"/".join(key)}.'
+  )
 
 
 def _load_hf(directory: epath.Path) -> Params:
@@ -266,55 +311,77 @@ def _load_hf(directory: epath.Path) -> Params:
   hf = _hf_config(directory)
   tensors = _read_hf_tensors(directory)
   tied = _logits_via_embedding(hf)
-  if (tied and 'lm_head.weight' in tensors and
-      not np.array_equal(tensors['lm_head.weight'], tensors['shared.weight'])):
+  if (
+    tied
+    and 'lm_head.weight' in tensors
+    and not np.array_equal(tensors['lm_head.weight'], tensors['shared.weight'])
+  ):
     raise CheckpointError(
-        f'{directory}: lm_head.weight differs from shared.weight although the '
-        'config ties them (logits via the scaled embedding); t5x has no '
-        'scaled separate head.')
+      f'{directory}: lm_head.weight differs from shared.weight although the '
+      'config ties them (logits via the scaled embedding); t5x has no '
+      'scaled separate head.'
+    )
   flat, used = {}, set(_HF_REDUNDANT) | {'lm_head.weight'}
   for key, shape in param_shapes(config_from_hf(directory)).items():
     name = _hf_name(key)
-    if (name == 'lm_head.weight' and name not in tensors and
-        hf['tie_word_embeddings']):
+    if (
+      name == 'lm_head.weight'
+      and name not in tensors
+      and hf['tie_word_embeddings']
+    ):
       name = 'shared.weight'  # transformers 5: an unscaled head tied to it.
     if name not in tensors:
-      raise CheckpointError(f'{directory}: missing tensor {name} (t5x '
-                       f'{"/".join(key)}, shape {shape}).')
+      raise CheckpointError(
+        f'{directory}: missing tensor {name} (t5x '
+        f'{"/".join(key)}, shape {shape}).'
+      )
     transposed = key[-1] in ('kernel', 'rel_embedding')
     value = tensors[name].T if transposed else tensors[name]
     if value.shape != shape:
       raise CheckpointError(
-          f'{directory}: tensor {name} (t5x {"/".join(key)}) has shape '
-          f'{tensors[name].shape}; config.json implies '
-          f'{shape[::-1] if transposed else shape}.')
+        f'{directory}: tensor {name} (t5x {"/".join(key)}) has shape '
+        f'{tensors[name].shape}; config.json implies '
+        f'{shape[::-1] if transposed else shape}.'
+      )
     flat[key] = np.ascontiguousarray(value, np.float32)
     used.add(name)
   unexpected = sorted(set(tensors) - used)
   if unexpected:
-    raise CheckpointError(f'{directory}: tensors not in a T5 of this config: '
-                     f'{", ".join(unexpected)}.')
+    raise CheckpointError(
+      f'{directory}: tensors not in a T5 of this config: '
+      f'{", ".join(unexpected)}.'
+    )
   return traverse_util.unflatten_dict(flat)
 
 
 def _read_hf_tensors(directory: epath.Path) -> dict[str, np.ndarray]:
   """All tensors of the folder's weights: safetensors preferred, then .bin."""
-  for weights, read in (('model.safetensors', _read_safetensors),
-                        ('pytorch_model.bin', load_torch_state_dict)):
+  for weights, read in (
+    ('model.safetensors', _read_safetensors),
+    ('pytorch_model.bin', load_torch_state_dict),
+  ):
     if (directory / weights).exists():
       return read(directory / weights)
     index = directory / f'{weights}.index.json'
     if index.exists():
       shards = sorted(set(json.loads(index.read_text())['weight_map'].values()))
-      return {name: value for shard in shards
-              for name, value in read(directory / shard).items()}
+      return {
+        name: value
+        for shard in shards
+        for name, value in read(directory / shard).items()
+      }
   raise CheckpointError(
-      f'{directory}: no model.safetensors or pytorch_model.bin (or their '
-      '.index.json).')
+    f'{directory}: no model.safetensors or pytorch_model.bin (or their '
+    '.index.json).'
+  )
 
 
-_SAFETENSORS_DTYPES = {'F64': np.float64, 'F32': np.float32,
-                       'F16': np.float16, 'BF16': ml_dtypes.bfloat16}
+_SAFETENSORS_DTYPES = {
+  'F64': np.float64,
+  'F32': np.float32,
+  'F16': np.float16,
+  'BF16': ml_dtypes.bfloat16,
+}
 
 
 def _read_safetensors(path: epath.Path) -> dict[str, np.ndarray]:
@@ -322,26 +389,34 @@ def _read_safetensors(path: epath.Path) -> dict[str, np.ndarray]:
   tensors = {}
   for name, tensor in safetensors.deserialize(path.read_bytes()):
     if tensor['dtype'] not in _SAFETENSORS_DTYPES:
-      raise CheckpointError(f'{path}: tensor {name} has dtype {tensor["dtype"]}, '
-                       'not a float.')
+      raise CheckpointError(
+        f'{path}: tensor {name} has dtype {tensor["dtype"]}, not a float.'
+      )
     tensors[name] = np.frombuffer(
-        tensor['data'], _SAFETENSORS_DTYPES[tensor['dtype']]).reshape(
-            tensor['shape'])
+      tensor['data'], _SAFETENSORS_DTYPES[tensor['dtype']]
+    ).reshape(tensor['shape'])
   return tensors
 
 
 # --- torch.save zip archives, read without torch and without running code --
 
 _TORCH_STORAGES = {
-    'DoubleStorage': np.float64, 'FloatStorage': np.float32,
-    'HalfStorage': np.float16, 'BFloat16Storage': ml_dtypes.bfloat16,
-    'LongStorage': np.int64, 'IntStorage': np.int32, 'ShortStorage': np.int16,
-    'CharStorage': np.int8, 'ByteStorage': np.uint8, 'BoolStorage': np.bool_,
+  'DoubleStorage': np.float64,
+  'FloatStorage': np.float32,
+  'HalfStorage': np.float16,
+  'BFloat16Storage': ml_dtypes.bfloat16,
+  'LongStorage': np.int64,
+  'IntStorage': np.int32,
+  'ShortStorage': np.int16,
+  'CharStorage': np.int8,
+  'ByteStorage': np.uint8,
+  'BoolStorage': np.bool_,
 }
 
 
 def load_torch_state_dict(
-    path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+  path: str | os.PathLike[str],
+) -> dict[str, np.ndarray]:
   """A `torch.save`d state dict as numpy arrays, without importing torch.
 
   The pickle may only name torch's tensor rebuild function, its storage
@@ -351,12 +426,15 @@ def load_torch_state_dict(
   path = epath.Path(path)
   with path.open('rb') as f:
     if not zipfile.is_zipfile(f):
-      raise CheckpointError(f'{path}: not a zip archive; torch < 1.6 formats are '
-                       'not supported (convert the weights to safetensors).')
+      raise CheckpointError(
+        f'{path}: not a zip archive; torch < 1.6 formats are '
+        'not supported (convert the weights to safetensors).'
+      )
     with zipfile.ZipFile(f) as archive:
       state = _read_torch_archive(archive, path)
   if not isinstance(state, dict) or not all(
-      isinstance(v, np.ndarray) for v in state.values()):
+    isinstance(v, np.ndarray) for v in state.values()
+  ):
     raise CheckpointError(f'{path}: does not hold a state dict of tensors.')
   return dict(state)
 
@@ -365,10 +443,14 @@ def _read_torch_archive(archive: zipfile.ZipFile, path: epath.Path) -> Any:
   """The object a torch.save zip archive pickled, each storage read once."""
   pickles = [n for n in archive.namelist() if n.endswith('/data.pkl')]
   if len(pickles) != 1:
-    raise CheckpointError(f'{path}: not a torch.save archive (no single data.pkl).')
-  prefix = pickles[0][:-len('data.pkl')]
-  big_endian = (f'{prefix}byteorder' in archive.namelist() and
-                archive.read(f'{prefix}byteorder') == b'big')
+    raise CheckpointError(
+      f'{path}: not a torch.save archive (no single data.pkl).'
+    )
+  prefix = pickles[0][: -len('data.pkl')]
+  big_endian = (
+    f'{prefix}byteorder' in archive.namelist()
+    and archive.read(f'{prefix}byteorder') == b'big'
+  )
   with archive.open(pickles[0]) as data:
     return _TorchUnpickler(data, archive, prefix, big_endian, path).load()
 
@@ -376,8 +458,14 @@ def _read_torch_archive(archive: zipfile.ZipFile, path: epath.Path) -> Any:
 class _TorchUnpickler(pickle.Unpickler):
   """Rebuilds tensors as numpy arrays from the archive's raw storages."""
 
-  def __init__(self, data: BinaryIO, archive: zipfile.ZipFile, prefix: str,
-               big_endian: bool, path: epath.Path):
+  def __init__(
+    self,
+    data: BinaryIO,
+    archive: zipfile.ZipFile,
+    prefix: str,
+    big_endian: bool,
+    path: epath.Path,
+  ):
     super().__init__(data)
     self._archive = archive
     self._prefix = prefix
@@ -393,9 +481,10 @@ class _TorchUnpickler(pickle.Unpickler):
     if (module, name) == ('collections', 'OrderedDict'):
       return collections.OrderedDict
     raise pickle.UnpicklingError(
-        f'{self._path}: refusing to load {module}.{name}: a state dict of '
-        'tensors only needs torch storages, torch._utils._rebuild_tensor_v2 '
-        'and collections.OrderedDict.')
+      f'{self._path}: refusing to load {module}.{name}: a state dict of '
+      'tensors only needs torch storages, torch._utils._rebuild_tensor_v2 '
+      'and collections.OrderedDict.'
+    )
 
   def persistent_load(self, pid: Any) -> np.ndarray:
     match pid:
@@ -403,13 +492,19 @@ class _TorchUnpickler(pickle.Unpickler):
         if key not in self._storages:
           raw = self._archive.read(f'{self._prefix}data/{key}')
           self._storages[key] = np.frombuffer(
-              raw, dtype.newbyteorder(self._byteorder))
+            raw, dtype.newbyteorder(self._byteorder)
+          )
         return self._storages[key]
     raise pickle.UnpicklingError(f'{self._path}: unknown persistent id {pid}.')
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
-                    stride: tuple[int, ...], *unused: Any) -> np.ndarray:
+def _rebuild_tensor(
+  storage: np.ndarray,
+  offset: int,
+  size: tuple[int, ...],
+  stride: tuple[int, ...],
+  *unused: Any,
+) -> np.ndarray:
   """A copy of the strided view torch describes, bounds-checked first."""
   del unused  # requires_grad, backward hooks, metadata.
   if not isinstance(storage, np.ndarray):
@@ -417,11 +512,16 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
   if 0 in size:
     return np.zeros(size, storage.dtype)
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if (len(size) != len(stride) or offset < 0 or min(stride, default=0) < 0
-      or last >= storage.size):
+  if (
+    len(size) != len(stride)
+    or offset < 0
+    or min(stride, default=0) < 0
+    or last >= storage.size
+  ):
     raise pickle.UnpicklingError('tensor reaches outside its storage')
   view = np.lib.stride_tricks.as_strided(
-      storage[offset:], size, [s * storage.itemsize for s in stride])
+    storage[offset:], size, [s * storage.itemsize for s in stride]
+  )
   return view.astype(view.dtype.newbyteorder('='))
 
 
@@ -432,26 +532,32 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
 CHECKPOINT_PREFIX = 'checkpoint'  # checkpoint_<step>, as t5x names them
 
 
-def _abstract(shapes: Any, shardings: Any, dtype: Optional[Any] = None) -> Any:
+def _abstract(shapes: Any, shardings: Any, dtype: Any | None = None) -> Any:
   return jax.tree.map(
-      lambda s, sharding: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype,
-                                               sharding=sharding),
-      shapes, shardings)
+    lambda s, sharding: jax.ShapeDtypeStruct(
+      s.shape, dtype or s.dtype, sharding=sharding
+    ),
+    shapes,
+    shardings,
+  )
 
 
 def _check_saved_shapes(saved: Any, expected: Any, where: str) -> None:
   """Names the first leaves whose saved shape differs from the model's."""
   saved = traverse_util.flatten_dict(saved, sep='/')
   expected = traverse_util.flatten_dict(expected, sep='/')
-  problems = [f'{k} is {tuple(saved[k].shape)}, the model needs '
-              f'{tuple(v.shape)}' for k, v in expected.items()
-              if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+  problems = [
+    f'{k} is {tuple(saved[k].shape)}, the model needs {tuple(v.shape)}'
+    for k, v in expected.items()
+    if k in saved and tuple(saved[k].shape) != tuple(v.shape)
+  ]
   problems += [f'{k} is missing' for k in expected if k not in saved]
   if problems:
     raise CheckpointError(
-        f'{where} holds a checkpoint of another model ({"; ".join(problems[:3])}'
-        f'{"; ..." if len(problems) > 3 else ""}). Use a new MODEL_DIR or the '
-        'gin files of the model that wrote it.')
+      f'{where} holds a checkpoint of another model ({"; ".join(problems[:3])}'
+      f'{"; ..." if len(problems) > 3 else ""}). Use a new MODEL_DIR or the '
+      'gin files of the model that wrote it.'
+    )
 
 
 class TrainCheckpointer:
@@ -462,21 +568,27 @@ class TrainCheckpointer:
   killed mid-save resumes from the previous checkpoint.
   """
 
-  def __init__(self, model_dir: str, period: int, keep: Optional[int] = None):
+  def __init__(self, model_dir: str, period: int, keep: int | None = None):
     self.model_dir = model_dir
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=period, max_to_keep=keep,
-        step_prefix=CHECKPOINT_PREFIX, create=True,
-        enable_async_checkpointing=True)
+      save_interval_steps=period,
+      max_to_keep=keep,
+      step_prefix=CHECKPOINT_PREFIX,
+      create=True,
+      enable_async_checkpointing=True,
+    )
     self._manager = ocp.CheckpointManager(
-        epath.Path(model_dir).absolute(), options=options,
-        item_handlers=ocp.StandardCheckpointHandler())
+      epath.Path(model_dir).absolute(),
+      options=options,
+      item_handlers=ocp.StandardCheckpointHandler(),
+    )
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
-    return self._manager.save(step, args=ocp.args.StandardSave(state),
-                              force=force)
+    return self._manager.save(
+      step, args=ocp.args.StandardSave(state), force=force
+    )
 
-  def restore_latest(self, shapes: Any, shardings: Any) -> Optional[Any]:
+  def restore_latest(self, shapes: Any, shardings: Any) -> Any | None:
     """The newest complete checkpoint, sharded like `shardings`, or None."""
     step = self._manager.latest_step()
     if step is None:
@@ -484,19 +596,24 @@ class TrainCheckpointer:
     saved = self._manager.item_metadata(step).tree
     _check_saved_shapes(saved['params'], shapes.params, self.model_dir)
     return self._manager.restore(
-        step, args=ocp.args.StandardRestore(_abstract(shapes, shardings)))
+      step, args=ocp.args.StandardRestore(_abstract(shapes, shardings))
+    )
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
 
-def _own_checkpoint(path: epath.Path) -> Optional[tuple[epath.Path, int]]:
+def _own_checkpoint(path: epath.Path) -> tuple[epath.Path, int] | None:
   """(checkpoint directory, step) when `path` is a run of ours (its newest
   finished checkpoint) or one of its `checkpoint_<step>` directories."""
-  def step_of(directory: epath.Path) -> Optional[int]:
+
+  def step_of(directory: epath.Path) -> int | None:
     prefix, _, step = directory.name.rpartition('_')
-    if (prefix == CHECKPOINT_PREFIX and step.isdigit() and
-        (directory / 'default').is_dir()):
+    if (
+      prefix == CHECKPOINT_PREFIX
+      and step.isdigit()
+      and (directory / 'default').is_dir()
+    ):
       return int(step)
     return None
 
@@ -511,9 +628,13 @@ def _own_checkpoint(path: epath.Path) -> Optional[tuple[epath.Path, int]]:
   return directory, step
 
 
-def restore_params(path: str, param_shapes: Any, param_shardings: Any,
-                   config: network.T5Config,
-                   dtype: Optional[Any] = None) -> tuple[Any, int]:
+def restore_params(
+  path: str,
+  param_shapes: Any,
+  param_shardings: Any,
+  config: network.T5Config,
+  dtype: Any | None = None,
+) -> tuple[Any, int]:
   """Sharded parameters (and their step) for evaluation or inference.
 
   `path` is a MODEL_DIR of ours (its newest checkpoint), one of its
@@ -526,16 +647,24 @@ def restore_params(path: str, param_shapes: Any, param_shardings: Any,
     directory, step = own
     item = directory.absolute() / 'default'
     handler = ocp.PyTreeCheckpointHandler()
-    _check_saved_shapes(handler.metadata(item).tree['params'], param_shapes,
-                        path)
+    _check_saved_shapes(
+      handler.metadata(item).tree['params'], param_shapes, path
+    )
     target = _abstract(param_shapes, param_shardings, dtype)
     restore_args = jax.tree.map(
-        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype,
-                                       global_shape=a.shape), target)
+      lambda a: ocp.ArrayRestoreArgs(
+        sharding=a.sharding, dtype=a.dtype, global_shape=a.shape
+      ),
+      target,
+    )
     restored = ocp.Checkpointer(handler).restore(
-        item, args=ocp.args.PyTreeRestore(
-            item={'params': target}, restore_args={'params': restore_args},
-            partial_restore=True))
+      item,
+      args=ocp.args.PyTreeRestore(
+        item={'params': target},
+        restore_args={'params': restore_args},
+        partial_restore=True,
+      ),
+    )
     return restored['params'], step
   params = load_params(path, config)
   if dtype is not None:

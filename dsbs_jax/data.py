@@ -7,13 +7,15 @@ arrays. The pipeline is deterministic given the seed, so a run resumed at step
 an uninterrupted run would (replaying costs input-pipeline time only).
 """
 
+from collections.abc import Iterator
+from collections.abc import Mapping
 import dataclasses
-from typing import Iterator, Mapping, Optional
 
-import gin
 import jax
 import numpy as np
 import seqio
+
+import gin
 
 
 @gin.configurable
@@ -26,50 +28,56 @@ class DatasetConfig:
   split: str = 'train'
   batch_size: int = 8
   shuffle: bool = True
-  seed: Optional[int] = 0
+  seed: int | None = 0
   use_cached: bool = False
   pack: bool = False
 
 
 def _local_batch_size(global_batch_size: int) -> int:
   if global_batch_size % jax.process_count():
-    raise ValueError(f'Batch size {global_batch_size} is not divisible by '
-                     f'the {jax.process_count()} processes.')
+    raise ValueError(
+      f'Batch size {global_batch_size} is not divisible by '
+      f'the {jax.process_count()} processes.'
+    )
   return global_batch_size // jax.process_count()
 
 
-def get_batches(config: DatasetConfig,
-                converter: seqio.FeatureConverter,
-                start_step: int = 0,
-                num_epochs: Optional[int] = None
-                ) -> Iterator[dict[str, np.ndarray]]:
+def get_batches(
+  config: DatasetConfig,
+  converter: seqio.FeatureConverter,
+  start_step: int = 0,
+  num_epochs: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """This host's slices of consecutive global batches, from `start_step` on.
 
   With `num_epochs=None` the split repeats forever (training); otherwise the
   last partial batch is dropped.
   """
-  shard = seqio.ShardInfo(index=jax.process_index(),
-                          num_shards=jax.process_count())
+  shard = seqio.ShardInfo(
+    index=jax.process_index(), num_shards=jax.process_count()
+  )
   dataset = seqio.get_dataset(
-      mixture_or_task_name=config.mixture_or_task_name,
-      task_feature_lengths=dict(config.task_feature_lengths),
-      feature_converter=converter,
-      dataset_split=config.split,
-      use_cached=config.use_cached,
-      shuffle=config.shuffle,
-      num_epochs=num_epochs,
-      shard_info=shard,
-      seed=config.seed,
-      batch_size=_local_batch_size(config.batch_size))
+    mixture_or_task_name=config.mixture_or_task_name,
+    task_feature_lengths=dict(config.task_feature_lengths),
+    feature_converter=converter,
+    dataset_split=config.split,
+    use_cached=config.use_cached,
+    shuffle=config.shuffle,
+    num_epochs=num_epochs,
+    shard_info=shard,
+    seed=config.seed,
+    batch_size=_local_batch_size(config.batch_size),
+  )
   return dataset.skip(start_step).as_numpy_iterator()
 
 
-def model_input_shapes(config: DatasetConfig,
-                       converter: seqio.FeatureConverter
-                       ) -> dict[str, tuple[int, ...]]:
+def model_input_shapes(
+  config: DatasetConfig, converter: seqio.FeatureConverter
+) -> dict[str, tuple[int, ...]]:
   """Global shapes of the model features, for initialising the model."""
   lengths = converter.get_model_feature_lengths(
-      dict(config.task_feature_lengths))
+    dict(config.task_feature_lengths)
+  )
   return {name: (config.batch_size, length) for name, length in lengths.items()}
 
 

@@ -1,4 +1,4 @@
-"""Cached incremental decoding: greedy, temperature/top-k/top-p sampling, beam search.
+"""Cached incremental decoding: greedy, top-k/top-p sampling, beam search.
 
 The numerics follow t5x's `t5x/decoding.py` so that a model ported from t5x
 decodes the same tokens and scores: the same constants (`NEG_INF`,
@@ -15,7 +15,10 @@ at position 0 (t5x's convention). Non-zero entries after it are forced
 (teacher-forced prompt); zeros are generated. After EOS, tokens are 0.
 """
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+from typing import NamedTuple
 
 import flax
 import jax
@@ -27,7 +30,7 @@ import numpy as np
 # scalar like t5x, so that it promotes exactly as it does there.
 NEG_INF = np.array(-1.0e7)
 
-# Temperatures at or below this are treated as 0 (greedy), avoiding 1/T blow-ups.
+# Temperatures at or below this count as 0 (greedy), avoiding 1/T blow-ups.
 MIN_TEMPERATURE = np.array(1e-4)
 
 Cache = Mapping[str, Any]
@@ -49,7 +52,7 @@ class DecodingState:
   cache: Cache
 
 
-TokensToLogits = Callable[[DecodingState], Tuple[jnp.ndarray, Cache]]
+TokensToLogits = Callable[[DecodingState], tuple[jnp.ndarray, Cache]]
 
 # ------------------------------------------------------------------------------
 # Batch <-> beam helpers
@@ -57,7 +60,7 @@ TokensToLogits = Callable[[DecodingState], Tuple[jnp.ndarray, Cache]]
 
 
 def flat_batch_beam_expand(x: jnp.ndarray, beam_size: int) -> jnp.ndarray:
-  """[batch, ...] -> [batch * beam_size, ...], each example repeated in place."""
+  """[batch, ...] -> [batch * beam_size, ...], each example repeated."""
   return jnp.repeat(x, beam_size, axis=0)
 
 
@@ -70,7 +73,7 @@ def cache_map(fn: Callable[[jnp.ndarray], jnp.ndarray], cache: Cache) -> Cache:
   """
 
   def apply(path, x):
-    return x if getattr(path[-1], "key", None) == "cache_index" else fn(x)
+    return x if getattr(path[-1], 'key', None) == 'cache_index' else fn(x)
 
   return jax.tree_util.tree_map_with_path(apply, cache)
 
@@ -89,7 +92,7 @@ def brevity_penalty(alpha: float, length) -> jnp.ndarray:
 
 
 def _gather_beams(x: jnp.ndarray, beam_indices: jnp.ndarray) -> jnp.ndarray:
-  """x [batch, beams, ...], beam_indices [batch, new_beams] -> [batch, new_beams, ...]."""
+  """x [batch, beams, ...] gathered at [batch, new_beams] beam indices."""
   return x[jnp.arange(x.shape[0])[:, None], beam_indices]
 
 
@@ -124,7 +127,8 @@ def _topp_mask(logits: jnp.ndarray, p: float) -> jnp.ndarray:
   sorted_probs = jnp.flip(jnp.sort(probs, axis=-1), axis=-1)
   mass = jnp.cumsum(sorted_probs, axis=-1)
   n_keep = jnp.minimum(
-      jnp.sum(mass < p, axis=-1, keepdims=True) + 1, logits.shape[-1])
+    jnp.sum(mass < p, axis=-1, keepdims=True) + 1, logits.shape[-1]
+  )
   threshold = jnp.take_along_axis(sorted_probs, n_keep - 1, axis=-1)
   return jnp.where(probs >= threshold, logits, jnp.full_like(logits, NEG_INF))
 
@@ -132,8 +136,9 @@ def _topp_mask(logits: jnp.ndarray, p: float) -> jnp.ndarray:
 def _log_prob_of(logits: jnp.ndarray, tokens: jnp.ndarray) -> jnp.ndarray:
   """log_softmax(logits)[row, tokens[row]] as float32."""
   log_probs = jax.nn.log_softmax(logits)
-  return jnp.take_along_axis(log_probs, tokens[:, None],
-                             axis=-1)[:, 0].astype(jnp.float32)
+  return jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0].astype(
+    jnp.float32
+  )
 
 
 class _SamplingState(NamedTuple):
@@ -147,18 +152,18 @@ class _SamplingState(NamedTuple):
 
 
 def temperature_sample(
-    inputs: jnp.ndarray,
-    cache: Cache,
-    tokens_to_logits: TokensToLogits,
-    eos_id: int,
-    decode_rng: Optional[jax.Array] = None,
-    num_decodes: int = 1,
-    temperature: float = 1.0,
-    topk: int = 1,
-    topp: float = 0.0,
-    max_decode_steps: Optional[int] = None,
-    rescale_log_probs: bool = True,
-) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  inputs: jnp.ndarray,
+  cache: Cache,
+  tokens_to_logits: TokensToLogits,
+  eos_id: int,
+  decode_rng: jax.Array | None = None,
+  num_decodes: int = 1,
+  temperature: float = 1.0,
+  topk: int = 1,
+  topp: float = 0.0,
+  max_decode_steps: int | None = None,
+  rescale_log_probs: bool = True,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Samples `num_decodes` continuations per example, as t5x does.
 
   temperature <= MIN_TEMPERATURE is greedy (argmax of the raw logits, whatever
@@ -178,16 +183,17 @@ def temperature_sample(
   [batch, num_decodes], sorted by increasing log probability.
   """
   if topk and topp:
-    raise ValueError("At most one of `topk` and `topp` may be non-zero.")
+    raise ValueError('At most one of `topk` and `topp` may be non-zero.')
   batch_size, length = inputs.shape
   if isinstance(max_decode_steps, int) and max_decode_steps > length:
-    raise ValueError("Cannot decode more steps than the sequence length.")
+    raise ValueError('Cannot decode more steps than the sequence length.')
   if decode_rng is None:
     decode_rng = jax.random.PRNGKey(0)
 
   inputs = flat_batch_beam_expand(inputs, num_decodes)
   cache = _as_dict(
-      cache_map(lambda x: flat_batch_beam_expand(x, num_decodes), cache))
+    cache_map(lambda x: flat_batch_beam_expand(x, num_decodes), cache)
+  )
   rows = batch_size * num_decodes
 
   # Row r ends after writing position `last[r]` (1-based output position).
@@ -198,8 +204,9 @@ def temperature_sample(
 
   temperature = jnp.asarray(temperature)
 
-  def sample(logits: jnp.ndarray,
-             rng: jax.Array) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  def sample(
+    logits: jnp.ndarray, rng: jax.Array
+  ) -> tuple[jnp.ndarray, jnp.ndarray]:
     scaled = logits / jnp.maximum(temperature, MIN_TEMPERATURE)
     if topk:
       scaled = _topk_mask(scaled, topk)
@@ -208,8 +215,9 @@ def temperature_sample(
     token = jax.random.categorical(rng, scaled).astype(jnp.int32)
     return token, _log_prob_of(scaled if rescale_log_probs else logits, token)
 
-  def greedy(logits: jnp.ndarray,
-             rng: jax.Array) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  def greedy(
+    logits: jnp.ndarray, rng: jax.Array
+  ) -> tuple[jnp.ndarray, jnp.ndarray]:
     del rng
     token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     if rescale_log_probs:
@@ -223,43 +231,46 @@ def temperature_sample(
     i = state.step
     step_rng, next_rng = jax.random.split(state.rng)
     logits, new_cache = tokens_to_logits(
-        DecodingState(
-            cur_index=jnp.full((rows,), i),
-            sequences=state.sequences[:, :-1],
-            cur_token=state.cur_token,
-            cache=state.cache,
-        ))
-    token, token_log_prob = lax.cond(temperature > MIN_TEMPERATURE, sample,
-                                     greedy, logits, step_rng)
+      DecodingState(
+        cur_index=jnp.full((rows,), i),
+        sequences=state.sequences[:, :-1],
+        cur_token=state.cur_token,
+        cache=state.cache,
+      )
+    )
+    token, token_log_prob = lax.cond(
+      temperature > MIN_TEMPERATURE, sample, greedy, logits, step_rng
+    )
 
     # Prompt tokens are forced and do not count towards the log probability.
     prompt_token = state.sequences[:, i + 1]
     generated = prompt_token == 0
     token = jnp.where(generated, token, prompt_token)
-    log_prob = state.log_prob + jnp.where(generated & ~state.ended,
-                                          token_log_prob, 0.0)
+    log_prob = state.log_prob + jnp.where(
+      generated & ~state.ended, token_log_prob, 0.0
+    )
     token = jnp.where(state.ended, 0, token)
     ended = state.ended | (generated & (token == eos_id)) | (i >= last - 1)
     return _SamplingState(
-        step=i + 1,
-        sequences=state.sequences.at[:, i + 1].set(token),
-        cache=_as_dict(new_cache),
-        cur_token=token[:, None],
-        ended=ended,
-        rng=next_rng,
-        log_prob=log_prob,
+      step=i + 1,
+      sequences=state.sequences.at[:, i + 1].set(token),
+      cache=_as_dict(new_cache),
+      cur_token=token[:, None],
+      ended=ended,
+      rng=next_rng,
+      log_prob=log_prob,
     )
 
   # Position i + 1 is written at step i; the extra column makes room for the
   # last step (i = length - 1) and gives it an empty prompt token to read.
   init = _SamplingState(
-      step=jnp.array(0),
-      sequences=jnp.pad(inputs, ((0, 0), (0, 1))),
-      cache=cache,
-      cur_token=jnp.zeros((rows, 1), jnp.int32),
-      ended=jnp.zeros((rows,), jnp.bool_),
-      rng=decode_rng,
-      log_prob=jnp.zeros((rows,), jnp.float32),
+    step=jnp.array(0),
+    sequences=jnp.pad(inputs, ((0, 0), (0, 1))),
+    cache=cache,
+    cur_token=jnp.zeros((rows, 1), jnp.int32),
+    ended=jnp.zeros((rows,), jnp.bool_),
+    rng=decode_rng,
+    log_prob=jnp.zeros((rows,), jnp.float32),
   )
   final = lax.while_loop(cond_fn, body_fn, init)
 
@@ -267,8 +278,8 @@ def temperature_sample(
   log_probs = final.log_prob.reshape(batch_size, num_decodes)
   order = jnp.argsort(log_probs, axis=-1)
   return (
-      jnp.take_along_axis(decodes, order[:, :, None], axis=1),
-      jnp.take_along_axis(log_probs, order, axis=1),
+    jnp.take_along_axis(decodes, order[:, :, None], axis=1),
+    jnp.take_along_axis(log_probs, order, axis=1),
   )
 
 
@@ -283,20 +294,22 @@ class _BeamState(NamedTuple):
   finished_scores: jnp.ndarray  # [batch, beams], ascending
   live_seqs: jnp.ndarray  # [batch, beams, length + 1], BOS at 0
   finished_seqs: jnp.ndarray  # [batch, beams, length + 1]
-  finished_flags: jnp.ndarray  # [batch, beams]: slot holds a real finished sequence
+  finished_flags: (
+    jnp.ndarray
+  )  # [batch, beams]: slot holds a real finished sequence
   cache: Cache  # rows = batch * beams
 
 
 def beam_search(
-    inputs: jnp.ndarray,
-    cache: Cache,
-    tokens_to_logits: TokensToLogits,
-    eos_id: int,
-    num_decodes: int = 4,
-    alpha: float = 0.6,
-    max_decode_len: Optional[int] = None,
-    decode_rng: Optional[jax.Array] = None,
-) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  inputs: jnp.ndarray,
+  cache: Cache,
+  tokens_to_logits: TokensToLogits,
+  eos_id: int,
+  num_decodes: int = 4,
+  alpha: float = 0.6,
+  max_decode_len: int | None = None,
+  decode_rng: jax.Array | None = None,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
   """t5x's beam search with brevity penalty.
 
   Each step extends the live beams, keeps the 2k most likely candidates (so k
@@ -327,17 +340,19 @@ def beam_search(
   length = max_decode_len + 1  # sequences carry the BOS at position 0
   # The prompt aligned with the sequences; positions past `inputs` are free.
   n = min(inputs.shape[1], length)
-  prompt = jnp.zeros((batch_size, length),
-                     jnp.int32).at[:, :n].set(inputs[:, :n])
+  prompt = (
+    jnp.zeros((batch_size, length), jnp.int32).at[:, :n].set(inputs[:, :n])
+  )
 
   def cond_fn(state: _BeamState) -> jnp.ndarray:
     not_at_end = state.cur_index < max_decode_len
     best_live_scores = state.live_logprobs[:, -1:] / brevity_penalty(
-        alpha, length)
+      alpha, length
+    )
     worst_finished_scores = jnp.where(
-        state.finished_flags,
-        jnp.min(state.finished_scores, axis=1, keepdims=True),
-        NEG_INF,
+      state.finished_flags,
+      jnp.min(state.finished_scores, axis=1, keepdims=True),
+      NEG_INF,
     )
     search_terminated = jnp.all(worst_finished_scores > best_live_scores)
     return not_at_end & ~search_terminated
@@ -345,20 +360,23 @@ def beam_search(
   def body_fn(state: _BeamState) -> _BeamState:
     i = state.cur_index
     flat_logits, new_cache = tokens_to_logits(
-        DecodingState(
-            cur_index=i,
-            sequences=state.live_seqs.reshape(batch_size * beams, length),
-            cur_token=state.live_seqs[:, :, i].reshape(batch_size * beams, 1),
-            cache=state.cache,
-        ))
+      DecodingState(
+        cur_index=i,
+        sequences=state.live_seqs.reshape(batch_size * beams, length),
+        cur_token=state.live_seqs[:, :, i].reshape(batch_size * beams, 1),
+        cache=state.cache,
+      )
+    )
     vocab_size = flat_logits.shape[-1]
     log_probs = jax.nn.log_softmax(
-        flat_logits.reshape(batch_size, beams, vocab_size))
+      flat_logits.reshape(batch_size, beams, vocab_size)
+    )
     log_probs = log_probs + state.live_logprobs[:, :, None]
 
     # The 2k best extensions over all beams, best first.
     cand_log_probs, cand_indices = lax.top_k(
-        log_probs.reshape(batch_size, beams * vocab_size), 2 * beams)
+      log_probs.reshape(batch_size, beams * vocab_size), 2 * beams
+    )
     cand_beams = cand_indices // vocab_size
     cand_tokens = cand_indices % vocab_size
 
@@ -368,8 +386,11 @@ def beam_search(
     cand_log_probs = jnp.where(in_prompt, forced_log_probs, cand_log_probs)
     cand_tokens = jnp.where(in_prompt, prompt_token, cand_tokens)
 
-    cand_seqs = _gather_beams(state.live_seqs,
-                              cand_beams).at[:, :, i + 1].set(cand_tokens)
+    cand_seqs = (
+      _gather_beams(state.live_seqs, cand_beams)
+      .at[:, :, i + 1]
+      .set(cand_tokens)
+    )
     newly_finished = cand_tokens == eos_id
 
     # Live set: the k best candidates that did not just end.
@@ -387,31 +408,35 @@ def beam_search(
     finished = _top_k_ascending(all_scores, beams)
 
     return _BeamState(
-        cur_index=i + 1,
-        live_logprobs=_gather_beams(cand_live_log_probs, live),
-        finished_scores=_gather_beams(all_scores, finished),
-        live_seqs=_gather_beams(cand_seqs, live),
-        finished_seqs=_gather_beams(all_seqs, finished),
-        finished_flags=_gather_beams(all_flags, finished),
-        cache=_as_dict(cache_map(lambda x: x[rows], new_cache)),
+      cur_index=i + 1,
+      live_logprobs=_gather_beams(cand_live_log_probs, live),
+      finished_scores=_gather_beams(all_scores, finished),
+      live_seqs=_gather_beams(cand_seqs, live),
+      finished_seqs=_gather_beams(all_seqs, finished),
+      finished_flags=_gather_beams(all_flags, finished),
+      cache=_as_dict(cache_map(lambda x: x[rows], new_cache)),
     )
 
   init = _BeamState(
-      cur_index=jnp.array(0),
-      live_logprobs=jnp.full((batch_size, beams), NEG_INF,
-                             jnp.float32).at[:, 0].set(0.0),
-      finished_scores=jnp.full((batch_size, beams), NEG_INF, jnp.float32),
-      live_seqs=jnp.zeros((batch_size, beams, length), jnp.int32),
-      finished_seqs=jnp.zeros((batch_size, beams, length), jnp.int32),
-      finished_flags=jnp.zeros((batch_size, beams), jnp.bool_),
-      cache=_as_dict(
-          cache_map(lambda x: flat_batch_beam_expand(x, beams), cache)),
+    cur_index=jnp.array(0),
+    live_logprobs=jnp.full((batch_size, beams), NEG_INF, jnp.float32)
+    .at[:, 0]
+    .set(0.0),
+    finished_scores=jnp.full((batch_size, beams), NEG_INF, jnp.float32),
+    live_seqs=jnp.zeros((batch_size, beams, length), jnp.int32),
+    finished_seqs=jnp.zeros((batch_size, beams, length), jnp.int32),
+    finished_flags=jnp.zeros((batch_size, beams), jnp.bool_),
+    cache=_as_dict(
+      cache_map(lambda x: flat_batch_beam_expand(x, beams), cache)
+    ),
   )
   final = lax.while_loop(cond_fn, body_fn, init)
 
   any_finished = jnp.any(final.finished_flags, axis=1)
-  seqs = jnp.where(any_finished[:, None, None], final.finished_seqs,
-                   final.live_seqs)
-  scores = jnp.where(any_finished[:, None], final.finished_scores,
-                     final.live_logprobs)
+  seqs = jnp.where(
+    any_finished[:, None, None], final.finished_seqs, final.live_seqs
+  )
+  scores = jnp.where(
+    any_finished[:, None], final.finished_scores, final.live_logprobs
+  )
   return seqs[:, :, 1:], scores

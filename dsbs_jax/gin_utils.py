@@ -1,4 +1,4 @@
-"""Gin flags shared by the binaries: `--gin_file`, `--gin.NAME=value`, search paths.
+"""Gin flags of the binaries: `--gin_file`, `--gin.NAME=value`, search paths.
 
 `--gin.NAME=value` is t5x's shorthand for `--gin_bindings='NAME = value'`.
 The project's own `gin/` folder is always on the search path, so
@@ -7,26 +7,28 @@ configuration stop the program with one short message (`GinConfigError`)
 rather than a traceback.
 """
 
+from collections.abc import Sequence
 import contextlib
 import logging
 import os
 from pathlib import Path
 import sys
-from typing import Sequence
 
 from absl import app
 from absl import flags
-import gin
 
 from dsbs_jax import errors
+import gin
 
 _GIN_FILES = flags.DEFINE_multi_string(
-    'gin_file', [], 'Gin files to parse, in order; later ones override.')
+  'gin_file', [], 'Gin files to parse, in order; later ones override.'
+)
 _GIN_BINDINGS = flags.DEFINE_multi_string(
-    'gin_bindings', [], 'Individual gin bindings, applied after the files.')
+  'gin_bindings', [], 'Individual gin bindings, applied after the files.'
+)
 _GIN_SEARCH_PATHS = flags.DEFINE_list(
-    'gin_search_paths', [],
-    'Folders to look in for gin files and their includes.')
+  'gin_search_paths', [], 'Folders to look in for gin files and their includes.'
+)
 
 
 class GinConfigError(errors.UserError):
@@ -50,7 +52,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
   rewritten = []
   for arg in argv:
     if arg.startswith('--gin.'):
-      name, sep, value = arg[len('--gin.'):].partition('=')
+      name, sep, value = arg[len('--gin.') :].partition('=')
       if not sep:
         raise GinConfigError(f'{arg!r} has no value; write --gin.{name}=VALUE.')
       arg = f'--gin_bindings={name} = {value}'
@@ -60,8 +62,7 @@ def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
 
 def parse_gin_flags(extra_bindings: Sequence[str] = ()) -> None:
   """Parses the gin files and bindings given on the command line."""
-  search_paths = [os.getcwd(), *_GIN_SEARCH_PATHS.value,
-                  str(project_gin_dir())]
+  search_paths = [os.getcwd(), *_GIN_SEARCH_PATHS.value, str(project_gin_dir())]
   for path in search_paths:
     gin.add_config_file_search_path(path)
   files = _GIN_FILES.value
@@ -71,7 +72,8 @@ def parse_gin_flags(extra_bindings: Sequence[str] = ()) -> None:
   logging.disable(logging.ERROR)
   try:
     gin.parse_config_files_and_bindings(
-        files, [*_GIN_BINDINGS.value, *extra_bindings], finalize_config=False)
+      files, [*_GIN_BINDINGS.value, *extra_bindings], finalize_config=False
+    )
   except OSError as e:
     raise GinConfigError(f'{e} (searched {", ".join(search_paths)}).') from e
   except (ValueError, SyntaxError, TypeError, ImportError) as e:
@@ -90,16 +92,20 @@ def config_errors():
     text = str(e)
     if 'No values supplied by Gin' in text or 'Unknown reference' in text:
       lines = [line.strip() for line in text.splitlines() if line.strip()]
-      raise GinConfigError(' '.join(lines[:2]) + ' — bind it in a gin file '
-                           'or with --gin.NAME=VALUE.') from e
+      raise GinConfigError(
+        ' '.join(lines[:2]) + ' — bind it in a gin file '
+        'or with --gin.NAME=VALUE.'
+      ) from e
     raise
 
 
 def _hint(error: Exception) -> str:
   text = str(error)
   if 'No configurable matching' in text or 'not a parameter' in text.lower():
-    return (' — check the spelling of the binding against the gin files and '
-            'docs/configuration.md.')
+    return (
+      ' — check the spelling of the binding against the gin files and '
+      'docs/configuration.md.'
+    )
   return ''
 
 
@@ -110,7 +116,10 @@ def run(main) -> None:
     app.run(main, argv=rewrite_gin_args(sys.argv))
   except errors.UserError as e:
     # gin appends "In call to configurable ..." lines; the message suffices.
-    lines = [line for line in str(e).splitlines()
-             if line.strip() and not line.strip().startswith('In call to')]
+    lines = [
+      line
+      for line in str(e).splitlines()
+      if line.strip() and not line.strip().startswith('In call to')
+    ]
     print('\n'.join(lines), file=sys.stderr)
     sys.exit(2)

@@ -9,9 +9,7 @@ RATIONALE_PREFIX set the generated `rationale` (and the teacher's).
 """
 
 import os
-from typing import Optional
 
-import gin
 import jax
 
 from dsbs_jax import data
@@ -20,33 +18,46 @@ from dsbs_jax import gin_utils
 from dsbs_jax import inference
 from dsbs_jax import models
 from dsbs_jax import partitioning
+import gin
 
 
 @gin.configurable
-def infer(*,
-          model: models.EncoderDecoderModel,
-          dataset: data.DatasetConfig,
-          model_dir: str,
-          output_path: Optional[str] = None,
-          checkpoint_path: Optional[str] = None,
-          partitioner: Optional[partitioning.Partitioner] = None,
-          restore_dtype: Optional[str] = None,
-          rationale_prefix: Optional[str] = None,
-          label_prefix: str = '[label] ',
-          num_decodes: int = 1,
-          num_examples: Optional[int] = None) -> str:
+def infer(
+  *,
+  model: models.EncoderDecoderModel,
+  dataset: data.DatasetConfig,
+  model_dir: str,
+  output_path: str | None = None,
+  checkpoint_path: str | None = None,
+  partitioner: partitioning.Partitioner | None = None,
+  restore_dtype: str | None = None,
+  rationale_prefix: str | None = None,
+  label_prefix: str = '[label] ',
+  num_decodes: int = 1,
+  num_examples: int | None = None,
+) -> str:
   """Writes predictions for `dataset.split`; returns the output path."""
   partitioner = partitioner or partitioning.Partitioner()
   params, shardings, step = eval_lib.restore_for_inference(
-      model, dataset, partitioner, checkpoint_path or model_dir, restore_dtype)
-  predictor = inference.Predictor(model, partitioner, dataset.batch_size,
-                                  shardings, num_decodes=num_decodes)
+    model, dataset, partitioner, checkpoint_path or model_dir, restore_dtype
+  )
+  predictor = inference.Predictor(
+    model, partitioner, dataset.batch_size, shardings, num_decodes=num_decodes
+  )
   records = inference.predict_split(
-      predictor, params, dataset.mixture_or_task_name,
-      dataset.task_feature_lengths, dataset.split, dataset.use_cached,
-      rationale_prefix, label_prefix, num_examples)
+    predictor,
+    params,
+    dataset.mixture_or_task_name,
+    dataset.task_feature_lengths,
+    dataset.split,
+    dataset.use_cached,
+    rationale_prefix,
+    label_prefix,
+    num_examples,
+  )
   output_path = output_path or os.path.join(
-      model_dir, f'infer_{dataset.split}_{step}.jsonl')
+    model_dir, f'infer_{dataset.split}_{step}.jsonl'
+  )
   if jax.process_index() == 0:
     inference.write_jsonl(records, output_path)
     print(f'Wrote {len(records)} predictions to {output_path}')
@@ -68,4 +79,5 @@ def console_main() -> None:
 if __name__ == '__main__':
   # Run the package module: gin configures its functions, not __main__'s.
   from dsbs_jax import infer as module  # pylint: disable=g-import-not-at-top
+
   module.console_main()

@@ -8,9 +8,12 @@ are padded to a fixed size so each decode function compiles once; padding
 rows are dropped from the results.
 """
 
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 import functools
 import json
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -23,16 +26,20 @@ from dsbs_jax import partitioning
 Prediction = tuple[int, Sequence[int]]
 
 
-def _padded_batches(ds: tf.data.Dataset, batch_size: int
-                    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+def _padded_batches(
+  ds: tf.data.Dataset, batch_size: int
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
   """(indices, batch) of an enumerated dataset, the last batch zero-padded."""
   for batch in ds.batch(batch_size).as_numpy_iterator():
     indices, features = batch
     n = len(indices)
     if n < batch_size:
-      features = {k: np.concatenate([v, np.zeros((batch_size - n,) +
-                                                 v.shape[1:], v.dtype)])
-                  for k, v in features.items()}
+      features = {
+        k: np.concatenate(
+          [v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)]
+        )
+        for k, v in features.items()
+      }
     yield indices, features
 
 
@@ -43,48 +50,68 @@ class Predictor:
   is seqio's `predict_fn`.
   """
 
-  def __init__(self, model: models.EncoderDecoderModel,
-               partitioner: partitioning.Partitioner, batch_size: int,
-               params_shardings: Any, num_decodes: int = 1,
-               decoder_params: Optional[dict[str, Any]] = None,
-               seed: int = 0):
+  def __init__(
+    self,
+    model: models.EncoderDecoderModel,
+    partitioner: partitioning.Partitioner,
+    batch_size: int,
+    params_shardings: Any,
+    num_decodes: int = 1,
+    decoder_params: dict[str, Any] | None = None,
+    seed: int = 0,
+  ):
     if batch_size % partitioner.data_parallel_size:
-      raise ValueError(f'Batch size {batch_size} is not divisible by the '
-                       f'{partitioner.data_parallel_size} data shards.')
+      raise ValueError(
+        f'Batch size {batch_size} is not divisible by the '
+        f'{partitioner.data_parallel_size} data shards.'
+      )
     self.model = model
     self.partitioner = partitioner
     self.batch_size = batch_size
     self.seed = seed
     self._predict = jax.jit(
-        functools.partial(model.predict_batch_with_aux,
-                          num_decodes=num_decodes,
-                          decoder_params=decoder_params),
-        in_shardings=(params_shardings, partitioner.batch_sharding, None),
-        out_shardings=partitioner.replicated)
+      functools.partial(
+        model.predict_batch_with_aux,
+        num_decodes=num_decodes,
+        decoder_params=decoder_params,
+      ),
+      in_shardings=(params_shardings, partitioner.batch_sharding, None),
+      out_shardings=partitioner.replicated,
+    )
     self._score = jax.jit(
-        model.score_batch,
-        in_shardings=(params_shardings, partitioner.batch_sharding),
-        out_shardings=partitioner.replicated)
+      model.score_batch,
+      in_shardings=(params_shardings, partitioner.batch_sharding),
+      out_shardings=partitioner.replicated,
+    )
 
   def _model_features(self, features: dict[str, np.ndarray]):
-    names = ('encoder_input_tokens', 'decoder_input_tokens',
-             'decoder_target_tokens', 'decoder_loss_weights')
+    names = (
+      'encoder_input_tokens',
+      'decoder_input_tokens',
+      'decoder_target_tokens',
+      'decoder_loss_weights',
+    )
     return self.partitioner.shard_full_batch(
-        {k: v for k, v in features.items() if k in names})
+      {k: v for k, v in features.items() if k in names}
+    )
 
-  def predict_with_aux(self, params: Any, ds: tf.data.Dataset
-                       ) -> list[tuple[int, tuple[np.ndarray, float]]]:
+  def predict_with_aux(
+    self, params: Any, ds: tf.data.Dataset
+  ) -> list[tuple[int, tuple[np.ndarray, float]]]:
     """(index, (tokens, score)) for every example of a model-feature dataset."""
     results = []
     rng = jax.random.PRNGKey(self.seed)
     with self.partitioner.activation_context():
       for step, (indices, features) in enumerate(
-          _padded_batches(ds, self.batch_size)):
-        tokens, aux = self._predict(params, self._model_features(features),
-                                    jax.random.fold_in(rng, step))
+        _padded_batches(ds, self.batch_size)
+      ):
+        tokens, aux = self._predict(
+          params, self._model_features(features), jax.random.fold_in(rng, step)
+        )
         tokens, scores = jax.device_get((tokens, aux['scores']))
-        results += [(int(i), (tokens[j], float(scores[j])))
-                    for j, i in enumerate(indices)]
+        results += [
+          (int(i), (tokens[j], float(scores[j]))) for j, i in enumerate(indices)
+        ]
     return results
 
   def predict(self, params: Any, ds: tf.data.Dataset) -> list[Prediction]:
@@ -97,75 +124,98 @@ class Predictor:
     with self.partitioner.activation_context():
       for indices, features in _padded_batches(ds, self.batch_size):
         scores = jax.device_get(
-            self._score(params, self._model_features(features)))
+          self._score(params, self._model_features(features))
+        )
         results += [(int(i), float(scores[j])) for j, i in enumerate(indices)]
     return results
 
 
-def evaluate(predictor: Predictor, params: Any, evaluator: seqio.Evaluator,
-             step: Optional[int] = None) -> dict[str, dict[str, Any]]:
+def evaluate(
+  predictor: Predictor,
+  params: Any,
+  evaluator: seqio.Evaluator,
+  step: int | None = None,
+) -> dict[str, dict[str, Any]]:
   """Runs generation (and scoring when a task asks for it) and its metrics."""
-  has_score_metrics = any(task.score_metric_fns
-                          for task in evaluator.eval_tasks)
+  has_score_metrics = any(
+    task.score_metric_fns for task in evaluator.eval_tasks
+  )
   future, _ = evaluator.evaluate(
-      compute_metrics=jax.process_index() == 0,
-      step=step,
-      predict_fn=functools.partial(predictor.predict, params),
-      score_fn=(functools.partial(predictor.score, params)
-                if has_score_metrics else None))
+    compute_metrics=jax.process_index() == 0,
+    step=step,
+    predict_fn=functools.partial(predictor.predict, params),
+    score_fn=(
+      functools.partial(predictor.score, params) if has_score_metrics else None
+    ),
+  )
   return future.result() or {}
 
 
-def make_evaluator(mixture_or_task_name: str, model: models.EncoderDecoderModel,
-                   task_feature_lengths: dict[str, int], split: str,
-                   log_dir: Optional[str],
-                   num_examples: Optional[int] = None,
-                   logger_cls: Sequence[Callable[..., Any]] = (
-                       seqio.TensorBoardLogger, seqio.JSONLogger)
-                   ) -> seqio.Evaluator:
+def make_evaluator(
+  mixture_or_task_name: str,
+  model: models.EncoderDecoderModel,
+  task_feature_lengths: dict[str, int],
+  split: str,
+  log_dir: str | None,
+  num_examples: int | None = None,
+  logger_cls: Sequence[Callable[..., Any]] = (
+    seqio.TensorBoardLogger,
+    seqio.JSONLogger,
+  ),
+) -> seqio.Evaluator:
   return seqio.Evaluator(
-      mixture_or_task_name=mixture_or_task_name,
-      feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
-      eval_split=split,
-      sequence_length=dict(task_feature_lengths),
-      num_examples=num_examples,
-      logger_cls=logger_cls if log_dir else (),
-      log_dir=log_dir)
+    mixture_or_task_name=mixture_or_task_name,
+    feature_converter=model.FEATURE_CONVERTER_CLS(pack=False),
+    eval_split=split,
+    sequence_length=dict(task_feature_lengths),
+    num_examples=num_examples,
+    logger_cls=logger_cls if log_dir else (),
+    log_dir=log_dir,
+  )
 
 
 def _text(value: Any) -> str:
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
-def _rationale_requests(examples: Sequence[dict[str, Any]], label_prefix: str,
-                        rationale_prefix: str, vocabulary: seqio.Vocabulary,
-                        input_length: int) -> tf.data.Dataset:
+def _rationale_requests(
+  examples: Sequence[dict[str, Any]],
+  label_prefix: str,
+  rationale_prefix: str,
+  vocabulary: seqio.Vocabulary,
+  input_length: int,
+) -> tf.data.Dataset:
   """The rationale-task inputs of label-task examples, tokenized."""
   inputs = []
   for example in examples:
     text = _text(example['inputs_pretokenized'])
-    text = text[len(label_prefix):] if text.startswith(label_prefix) else text
-    ids = vocabulary.encode(rationale_prefix + text)[:input_length - 1]
+    text = text[len(label_prefix) :] if text.startswith(label_prefix) else text
+    ids = vocabulary.encode(rationale_prefix + text)[: input_length - 1]
     inputs.append(np.array(ids + [vocabulary.eos_id], np.int32))
   eos = np.array([vocabulary.eos_id], np.int32)
   return tf.data.Dataset.from_generator(
-      lambda: ({'inputs': x, 'targets': eos, 'task': np.int32(2)}
-               for x in inputs),
-      output_signature={
-          'inputs': tf.TensorSpec([None], tf.int32),
-          'targets': tf.TensorSpec([None], tf.int32),
-          'task': tf.TensorSpec([], tf.int32)})
+    lambda: (
+      {'inputs': x, 'targets': eos, 'task': np.int32(2)} for x in inputs
+    ),
+    output_signature={
+      'inputs': tf.TensorSpec([None], tf.int32),
+      'targets': tf.TensorSpec([None], tf.int32),
+      'task': tf.TensorSpec([], tf.int32),
+    },
+  )
 
 
-def predict_split(predictor: Predictor,
-                  params: Any,
-                  mixture_or_task_name: str,
-                  task_feature_lengths: dict[str, int],
-                  split: str,
-                  use_cached: bool = False,
-                  rationale_prefix: Optional[str] = None,
-                  label_prefix: str = '[label] ',
-                  num_examples: Optional[int] = None) -> list[dict[str, Any]]:
+def predict_split(
+  predictor: Predictor,
+  params: Any,
+  mixture_or_task_name: str,
+  task_feature_lengths: dict[str, int],
+  split: str,
+  use_cached: bool = False,
+  rationale_prefix: str | None = None,
+  label_prefix: str = '[label] ',
+  num_examples: int | None = None,
+) -> list[dict[str, Any]]:
   """One record per example: input, prediction, score, target when known.
 
   With `rationale_prefix`, each record also gets the model's `rationale`,
@@ -175,8 +225,9 @@ def predict_split(predictor: Predictor,
   """
   task = seqio.get_mixture_or_task(mixture_or_task_name)
   lengths = dict(task_feature_lengths)
-  dataset = task.get_dataset(lengths, split=split, shuffle=False,
-                             num_epochs=1, use_cached=use_cached)
+  dataset = task.get_dataset(
+    lengths, split=split, shuffle=False, num_epochs=1, use_cached=use_cached
+  )
   if num_examples is not None:
     dataset = dataset.take(num_examples)
   examples = list(dataset.as_numpy_iterator())
@@ -185,22 +236,28 @@ def predict_split(predictor: Predictor,
   vocabulary = model.output_vocabulary
   decode = lambda tokens: vocabulary.decode(np.asarray(tokens).tolist())
   predictions = dict(
-      predictor.predict_with_aux(params,
-                                 converter(dataset, lengths).enumerate()))
+    predictor.predict_with_aux(params, converter(dataset, lengths).enumerate())
+  )
   records = []
   for i, example in enumerate(examples):
     tokens, score = predictions[i]
-    record = {'input': _text(example['inputs_pretokenized']),
-              'prediction': decode(tokens), 'score': score}
+    record = {
+      'input': _text(example['inputs_pretokenized']),
+      'prediction': decode(tokens),
+      'score': score,
+    }
     if 'targets_pretokenized' in example:
       record['target'] = _text(example['targets_pretokenized'])
     records.append(record)
   if rationale_prefix is not None and examples:
-    requests = _rationale_requests(examples, label_prefix, rationale_prefix,
-                                   vocabulary, lengths['inputs'])
+    requests = _rationale_requests(
+      examples, label_prefix, rationale_prefix, vocabulary, lengths['inputs']
+    )
     rationales = dict(
-        predictor.predict_with_aux(params,
-                                   converter(requests, lengths).enumerate()))
+      predictor.predict_with_aux(
+        params, converter(requests, lengths).enumerate()
+      )
+    )
     for i, record in enumerate(records):
       record['rationale'] = decode(rationales[i][0])
       if _text(examples[i].get('rationale', b'')):

@@ -11,7 +11,8 @@ that task's target tokens in the *global* batch. Callers that split a batch
 `normalizers`, so summing the pieces' losses gives the global loss exactly.
 """
 
-from typing import Mapping, NamedTuple, Optional, Union
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,13 +25,15 @@ RATIONALE_TASK = 2
 # t5x's special loss normalizing factors we support (by name, as in gin).
 NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'
 NUM_TOTAL_TARGET_TOKENS = 'NUM_TOTAL_TARGET_TOKENS'
-LossNormalizingFactor = Union[None, float, int, str]
+LossNormalizingFactor = float | int | str | None
 
 
-def token_cross_entropy(logits: Array,
-                        targets: Array,
-                        label_smoothing: float = 0.0,
-                        z_loss: float = 0.0) -> tuple[Array, Array]:
+def token_cross_entropy(
+  logits: Array,
+  targets: Array,
+  label_smoothing: float = 0.0,
+  z_loss: float = 0.0,
+) -> tuple[Array, Array]:
   """Per-token cross-entropy (including z-loss) and the z-loss part alone.
 
   Computed in float32 whatever the logits' dtype.
@@ -41,10 +44,13 @@ def token_cross_entropy(logits: Array,
   low_confidence = label_smoothing / (vocab_size - 1)
   # Entropy of the smoothed target distribution (0 without smoothing).
   normalizing_constant = -(
-      confidence * jnp.log(confidence) +
-      (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
-  soft_targets = jax.nn.one_hot(targets, vocab_size) * (
-      confidence - low_confidence) + low_confidence
+    confidence * jnp.log(confidence)
+    + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20)
+  )
+  soft_targets = (
+    jax.nn.one_hot(targets, vocab_size) * (confidence - low_confidence)
+    + low_confidence
+  )
   log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
   log_softmax = logits - log_z
   z_part = z_loss * jnp.square(log_z[..., 0])
@@ -59,8 +65,9 @@ def loss_weights(batch: Mapping[str, Array]) -> Array:
   return (batch['decoder_target_tokens'] > 0).astype(jnp.float32)
 
 
-def normalizing_factor(factor: LossNormalizingFactor,
-                       batch: Mapping[str, Array]) -> Optional[Array]:
+def normalizing_factor(
+  factor: LossNormalizingFactor, batch: Mapping[str, Array]
+) -> Array | None:
   """The divisor t5x applies to summed token losses, from the global batch."""
   if factor is None:
     return None
@@ -70,18 +77,20 @@ def normalizing_factor(factor: LossNormalizingFactor,
     return jnp.asarray(batch['decoder_target_tokens'].size, jnp.float32)
   if isinstance(factor, str):
     raise ValueError(
-        f'Unknown loss_normalizing_factor {factor!r}; use a number, '
-        f'{NUM_REAL_TARGET_TOKENS!r} or {NUM_TOTAL_TARGET_TOKENS!r}.')
+      f'Unknown loss_normalizing_factor {factor!r}; use a number, '
+      f'{NUM_REAL_TARGET_TOKENS!r} or {NUM_TOTAL_TARGET_TOKENS!r}.'
+    )
   return jnp.asarray(factor, jnp.float32)
 
 
-def weighted_cross_entropy(logits: Array,
-                           targets: Array,
-                           weights: Array,
-                           label_smoothing: float = 0.0,
-                           z_loss: float = 0.0,
-                           normalizer: Optional[Array] = None
-                           ) -> tuple[Array, Array, Array]:
+def weighted_cross_entropy(
+  logits: Array,
+  targets: Array,
+  weights: Array,
+  label_smoothing: float = 0.0,
+  z_loss: float = 0.0,
+  normalizer: Array | None = None,
+) -> tuple[Array, Array, Array]:
   """t5x's `compute_weighted_cross_entropy`: (loss, z_loss, weight sum)."""
   loss, z_part = token_cross_entropy(logits, targets, label_smoothing, z_loss)
   loss, z_part = loss * weights, z_part * weights
@@ -93,17 +102,18 @@ def weighted_cross_entropy(logits: Array,
 def task_token_counts(weights: Array, task_ids: Array) -> dict[str, Array]:
   """Weighted target-token count of each task: the per-task normalizers."""
   return {
-      'label': jnp.sum(weights * (task_ids == LABEL_TASK)),
-      'rationale': jnp.sum(weights * (task_ids == RATIONALE_TASK)),
+    'label': jnp.sum(weights * (task_ids == LABEL_TASK)),
+    'rationale': jnp.sum(weights * (task_ids == RATIONALE_TASK)),
   }
 
 
-def distill_step_by_step_loss(token_loss: Array,
-                              weights: Array,
-                              task_ids: Array,
-                              alpha: float,
-                              counts: Mapping[str, Array]
-                              ) -> tuple[Array, dict[str, Array]]:
+def distill_step_by_step_loss(
+  token_loss: Array,
+  weights: Array,
+  task_ids: Array,
+  alpha: float,
+  counts: Mapping[str, Array],
+) -> tuple[Array, dict[str, Array]]:
   """`alpha * L_label + (1 - alpha) * L_rationale` and each term.
 
   `counts` are the global per-task token counts (`task_token_counts` over the
@@ -116,9 +126,13 @@ def distill_step_by_step_loss(token_loss: Array,
   return alpha * terms['label'] + (1.0 - alpha) * terms['rationale'], terms
 
 
-def task_metric_sums(logits: Array, targets: Array, token_loss: Array,
-                     weights: Array, task_ids: Array
-                     ) -> dict[str, tuple[Array, Array]]:
+def task_metric_sums(
+  logits: Array,
+  targets: Array,
+  token_loss: Array,
+  weights: Array,
+  task_ids: Array,
+) -> dict[str, tuple[Array, Array]]:
   """(total, count) of each task's mean loss, and of label token accuracy.
 
   Totals and counts add up across microbatches and shards, so any metric
@@ -128,9 +142,9 @@ def task_metric_sums(logits: Array, targets: Array, token_loss: Array,
   rationale = weights * (task_ids == RATIONALE_TASK)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return {
-      'label_loss': (jnp.sum(token_loss * label), jnp.sum(label)),
-      'rationale_loss': (jnp.sum(token_loss * rationale), jnp.sum(rationale)),
-      'label_accuracy': (jnp.sum(correct * label), jnp.sum(label)),
+    'label_loss': (jnp.sum(token_loss * label), jnp.sum(label)),
+    'rationale_loss': (jnp.sum(token_loss * rationale), jnp.sum(rationale)),
+    'label_accuracy': (jnp.sum(correct * label), jnp.sum(label)),
   }
 
 
@@ -145,12 +159,13 @@ class TwoTaskLoss(NamedTuple):
 
 
 def distill_step_by_step_from_logits(
-    logits: Array,
-    batch: Mapping[str, Array],
-    alpha: float,
-    counts: Optional[Mapping[str, Array]] = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0) -> TwoTaskLoss:
+  logits: Array,
+  batch: Mapping[str, Array],
+  alpha: float,
+  counts: Mapping[str, Array] | None = None,
+  label_smoothing: float = 0.0,
+  z_loss: float = 0.0,
+) -> TwoTaskLoss:
   """The two-task loss of a batch with `decoder_task_ids`, from its logits.
 
   `counts` are the global per-task token counts; by default the batch's own.
@@ -161,12 +176,19 @@ def distill_step_by_step_from_logits(
   task_ids = batch['decoder_task_ids']
   if counts is None:
     counts = task_token_counts(weights, task_ids)
-  token_loss, token_z_loss = token_cross_entropy(logits, targets,
-                                                 label_smoothing, z_loss)
-  loss, _ = distill_step_by_step_loss(token_loss, weights, task_ids, alpha,
-                                      counts)
-  z_share, _ = distill_step_by_step_loss(token_z_loss, weights, task_ids,
-                                         alpha, counts)
-  return TwoTaskLoss(loss, z_share, token_loss, token_z_loss,
-                     task_metric_sums(logits, targets, token_loss, weights,
-                                      task_ids))
+  token_loss, token_z_loss = token_cross_entropy(
+    logits, targets, label_smoothing, z_loss
+  )
+  loss, _ = distill_step_by_step_loss(
+    token_loss, weights, task_ids, alpha, counts
+  )
+  z_share, _ = distill_step_by_step_loss(
+    token_z_loss, weights, task_ids, alpha, counts
+  )
+  return TwoTaskLoss(
+    loss,
+    z_share,
+    token_loss,
+    token_z_loss,
+    task_metric_sums(logits, targets, token_loss, weights, task_ids),
+  )

@@ -11,8 +11,10 @@ whole batch and passes them to every piece, so the pieces' losses and
 gradients add up to the whole batch's exactly.
 """
 
+from collections.abc import Callable
+from collections.abc import Mapping
 import functools
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from clu import metrics as clu_metrics
 import flax
@@ -45,21 +47,28 @@ class Sum(clu_metrics.Metric):
 
 def _mean(values: Array, weights: Array) -> clu_metrics.Average:
   """A weighted mean that merges exactly across microbatches."""
-  return clu_metrics.Average(total=jnp.sum(values * weights),
-                             count=jnp.sum(weights))
+  return clu_metrics.Average(
+    total=jnp.sum(values * weights), count=jnp.sum(weights)
+  )
 
 
-def token_metrics(logits: Array, targets: Array, weights: Array,
-                  token_loss: Array, z_part: Array) -> Metrics:
+def token_metrics(
+  logits: Array,
+  targets: Array,
+  weights: Array,
+  token_loss: Array,
+  z_part: Array,
+) -> Metrics:
   """Per-token accuracy and losses, and padding statistics."""
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return {
-      'accuracy': _mean(correct, weights),
-      'cross_ent_loss_per_token': _mean(token_loss - z_part, weights),
-      'z_loss_per_token': _mean(z_part, weights),
-      'nonpadding_fraction': _mean((targets > 0).astype(jnp.float32),
-                                   jnp.ones_like(weights)),
-      'target_tokens': Sum(jnp.sum(weights)),
+    'accuracy': _mean(correct, weights),
+    'cross_ent_loss_per_token': _mean(token_loss - z_part, weights),
+    'z_loss_per_token': _mean(z_part, weights),
+    'nonpadding_fraction': _mean(
+      (targets > 0).astype(jnp.float32), jnp.ones_like(weights)
+    ),
+    'target_tokens': Sum(jnp.sum(weights)),
   }
 
 
@@ -68,15 +77,17 @@ class EncoderDecoderModel:
 
   FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
 
-  def __init__(self,
-               module: nn.Module,
-               input_vocabulary: seqio.Vocabulary,
-               output_vocabulary: seqio.Vocabulary,
-               optimizer_def: Optional[optax.GradientTransformation] = None,
-               decode_fn: Callable[..., Any] = decoding.beam_search,
-               label_smoothing: float = 0.0,
-               z_loss: float = 0.0,
-               loss_normalizing_factor: losses.LossNormalizingFactor = None):
+  def __init__(
+    self,
+    module: nn.Module,
+    input_vocabulary: seqio.Vocabulary,
+    output_vocabulary: seqio.Vocabulary,
+    optimizer_def: optax.GradientTransformation | None = None,
+    decode_fn: Callable[..., Any] = decoding.beam_search,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    loss_normalizing_factor: losses.LossNormalizingFactor = None,
+  ):
     self.module = module
     self.input_vocabulary = input_vocabulary
     self.output_vocabulary = output_vocabulary
@@ -88,46 +99,61 @@ class EncoderDecoderModel:
 
   # -- initialisation ------------------------------------------------------
 
-  def get_initial_variables(self,
-                            rng: Array,
-                            input_shapes: Mapping[str, tuple[int, ...]],
-                            input_types: Optional[Mapping[str, Any]] = None):
+  def get_initial_variables(
+    self,
+    rng: Array,
+    input_shapes: Mapping[str, tuple[int, ...]],
+    input_types: Mapping[str, Any] | None = None,
+  ):
     """Variables of the module for batches of the given feature shapes."""
     input_types = input_types or {}
-    ones = lambda name: jnp.ones(input_shapes[name],
-                                 input_types.get(name, jnp.int32))
+    ones = lambda name: jnp.ones(
+      input_shapes[name], input_types.get(name, jnp.int32)
+    )
     segments = {
-        name: ones(name)
-        for name in ('encoder_segment_ids', 'decoder_segment_ids')
-        if name in input_shapes
+      name: ones(name)
+      for name in ('encoder_segment_ids', 'decoder_segment_ids')
+      if name in input_shapes
     }
     return self.module.init(
-        rng, ones('encoder_input_tokens'), ones('decoder_input_tokens'),
-        ones('decoder_input_tokens'), **segments, enable_dropout=False)
+      rng,
+      ones('encoder_input_tokens'),
+      ones('decoder_input_tokens'),
+      ones('decoder_input_tokens'),
+      **segments,
+      enable_dropout=False,
+    )
 
   # -- loss ----------------------------------------------------------------
 
-  def _compute_logits(self, params, batch: Batch,
-                      dropout_rng: Optional[Array] = None) -> Array:
+  def _compute_logits(
+    self, params, batch: Batch, dropout_rng: Array | None = None
+  ) -> Array:
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
-        {'params': params},
-        batch['encoder_input_tokens'],
-        batch['decoder_input_tokens'],
-        batch['decoder_target_tokens'],
-        encoder_segment_ids=batch.get('encoder_segment_ids'),
-        decoder_segment_ids=batch.get('decoder_segment_ids'),
-        encoder_positions=batch.get('encoder_positions'),
-        decoder_positions=batch.get('decoder_positions'),
-        enable_dropout=rngs is not None,
-        rngs=rngs)
+      {'params': params},
+      batch['encoder_input_tokens'],
+      batch['decoder_input_tokens'],
+      batch['decoder_target_tokens'],
+      encoder_segment_ids=batch.get('encoder_segment_ids'),
+      decoder_segment_ids=batch.get('decoder_segment_ids'),
+      encoder_positions=batch.get('encoder_positions'),
+      decoder_positions=batch.get('decoder_positions'),
+      enable_dropout=rngs is not None,
+      rngs=rngs,
+    )
 
   def loss_normalizers(self, batch: Batch) -> Any:
     """Batch-level divisors of the loss (see the module docstring)."""
     return losses.normalizing_factor(self._loss_normalizing_factor, batch)
 
-  def loss_fn(self, params, batch: Batch, dropout_rng: Optional[Array],
-              normalizers: Any = None) -> tuple[Array, Metrics]:
+  def loss_fn(
+    self,
+    params,
+    batch: Batch,
+    dropout_rng: Array | None,
+    normalizers: Any = None,
+  ) -> tuple[Array, Metrics]:
     """Summed weighted token cross-entropy (t5x's loss) and metrics."""
     if normalizers is None:
       normalizers = self.loss_normalizers(batch)
@@ -135,10 +161,11 @@ class EncoderDecoderModel:
     targets = batch['decoder_target_tokens']
     weights = losses.loss_weights(batch)
     loss, _, _ = losses.weighted_cross_entropy(
-        logits, targets, weights, self._label_smoothing, self._z_loss,
-        normalizers)
+      logits, targets, weights, self._label_smoothing, self._z_loss, normalizers
+    )
     token_loss, z_part = losses.token_cross_entropy(
-        logits, targets, self._label_smoothing, self._z_loss)
+      logits, targets, self._label_smoothing, self._z_loss
+    )
     return loss, token_metrics(logits, targets, weights, token_loss, z_part)
 
   def eval_fn(self, params, batch: Batch) -> tuple[Array, Metrics]:
@@ -147,8 +174,9 @@ class EncoderDecoderModel:
   def score_batch(self, params, batch: Batch) -> Array:
     """Log-likelihood of each target sequence (weighted token sum)."""
     logits = self._compute_logits(params, batch)
-    token_loss, _ = losses.token_cross_entropy(logits,
-                                               batch['decoder_target_tokens'])
+    token_loss, _ = losses.token_cross_entropy(
+      logits, batch['decoder_target_tokens']
+    )
     return -jnp.sum(token_loss * losses.loss_weights(batch), axis=-1)
 
   # -- decoding --------------------------------------------------------------
@@ -156,32 +184,50 @@ class EncoderDecoderModel:
   def _initial_cache(self, encoder_shape, decoder_shape):
     """Zero key/value cache for `decoder_shape` targets, as t5x builds it."""
     variables = jax.eval_shape(
-        functools.partial(self.module.init, decode=True, enable_dropout=False),
-        jax.random.PRNGKey(0), jnp.ones(encoder_shape, jnp.int32),
-        jnp.ones(decoder_shape, jnp.int32), jnp.ones(decoder_shape, jnp.int32))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                        variables['cache'])
+      functools.partial(self.module.init, decode=True, enable_dropout=False),
+      jax.random.PRNGKey(0),
+      jnp.ones(encoder_shape, jnp.int32),
+      jnp.ones(decoder_shape, jnp.int32),
+      jnp.ones(decoder_shape, jnp.int32),
+    )
+    return jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype), variables['cache']
+    )
 
-  def _compute_logits_from_slice(self, state: decoding.DecodingState, params,
-                                 encoded: Array, encoder_tokens: Array,
-                                 max_decode_length: int):
+  def _compute_logits_from_slice(
+    self,
+    state: decoding.DecodingState,
+    params,
+    encoded: Array,
+    encoder_tokens: Array,
+    max_decode_length: int,
+  ):
     """Next-token logits for one decoding step, updating the cache."""
     token = state.cur_token
     logits, variables = self.module.apply(
-        {'params': params, 'cache': state.cache},
-        encoded, encoder_tokens, token, token,
-        enable_dropout=False, decode=True, max_decode_length=max_decode_length,
-        mutable=['cache'], method=self.module.decode)
+      {'params': params, 'cache': state.cache},
+      encoded,
+      encoder_tokens,
+      token,
+      token,
+      enable_dropout=False,
+      decode=True,
+      max_decode_length=max_decode_length,
+      mutable=['cache'],
+      method=self.module.decode,
+    )
     return logits[:, 0, :], variables['cache']
 
-  def predict_batch_with_aux(self,
-                             params,
-                             batch: Batch,
-                             rng: Optional[Array] = None,
-                             decoder_params: Optional[dict[str, Any]] = None,
-                             return_all_decodes: bool = False,
-                             num_decodes: int = 1,
-                             prompt_with_targets: bool = False):
+  def predict_batch_with_aux(
+    self,
+    params,
+    batch: Batch,
+    rng: Array | None = None,
+    decoder_params: dict[str, Any] | None = None,
+    return_all_decodes: bool = False,
+    num_decodes: int = 1,
+    prompt_with_targets: bool = False,
+  ):
     """Decodes with `decode_fn` (beam search by default) and a kv cache.
 
     Returns the best decode per example ([batch, length]) and its score, or
@@ -190,31 +236,47 @@ class EncoderDecoderModel:
     """
     encoder_tokens = batch['encoder_input_tokens']
     decoder_input_tokens = batch['decoder_input_tokens']
-    cache = self._initial_cache(encoder_tokens.shape, decoder_input_tokens.shape)
-    encoded = self.module.apply({'params': params}, encoder_tokens,
-                                enable_dropout=False, method=self.module.encode)
+    cache = self._initial_cache(
+      encoder_tokens.shape, decoder_input_tokens.shape
+    )
+    encoded = self.module.apply(
+      {'params': params},
+      encoder_tokens,
+      enable_dropout=False,
+      method=self.module.encode,
+    )
     tokens_to_logits = functools.partial(
-        self._compute_logits_from_slice,
-        params=params,
-        encoded=decoding.flat_batch_beam_expand(encoded, num_decodes),
-        encoder_tokens=decoding.flat_batch_beam_expand(encoder_tokens,
-                                                       num_decodes),
-        max_decode_length=decoder_input_tokens.shape[1])
+      self._compute_logits_from_slice,
+      params=params,
+      encoded=decoding.flat_batch_beam_expand(encoded, num_decodes),
+      encoder_tokens=decoding.flat_batch_beam_expand(
+        encoder_tokens, num_decodes
+      ),
+      max_decode_length=decoder_input_tokens.shape[1],
+    )
     decoder_params = dict(decoder_params or {})
     if rng is not None:
       decoder_params['decode_rng'] = rng
-    prompt = (decoder_input_tokens if prompt_with_targets else
-              jnp.zeros_like(decoder_input_tokens))
+    prompt = (
+      decoder_input_tokens
+      if prompt_with_targets
+      else jnp.zeros_like(decoder_input_tokens)
+    )
     decodes, scores = self._decode_fn(
-        inputs=prompt, cache=cache, tokens_to_logits=tokens_to_logits,
-        eos_id=self.output_vocabulary.eos_id, num_decodes=num_decodes,
-        **decoder_params)
+      inputs=prompt,
+      cache=cache,
+      tokens_to_logits=tokens_to_logits,
+      eos_id=self.output_vocabulary.eos_id,
+      num_decodes=num_decodes,
+      **decoder_params,
+    )
     if return_all_decodes:
       return decodes, {'scores': scores}
     return decodes[:, -1, :], {'scores': scores[:, -1]}
 
-  def predict_batch(self, params, batch: Batch,
-                    rng: Optional[Array] = None, **kwargs) -> Array:
+  def predict_batch(
+    self, params, batch: Batch, rng: Array | None = None, **kwargs
+  ) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
 
 
@@ -232,28 +294,48 @@ class DistillStepByStepModel(EncoderDecoderModel):
     super().__init__(*args, **kwargs)
     # Imported here so the core package does not depend on `tasks` at import.
     from tasks import feature_converters  # pylint: disable=g-import-not-at-top
+
     self.FEATURE_CONVERTER_CLS = (
-        feature_converters.DistillStepByStepFeatureConverter)
+      feature_converters.DistillStepByStepFeatureConverter
+    )
     self.alpha = alpha
 
   def loss_normalizers(self, batch: Batch) -> dict[str, Array]:
-    return losses.task_token_counts(losses.loss_weights(batch),
-                                    batch['decoder_task_ids'])
+    return losses.task_token_counts(
+      losses.loss_weights(batch), batch['decoder_task_ids']
+    )
 
-  def loss_fn(self, params, batch: Batch, dropout_rng: Optional[Array],
-              normalizers: Optional[Mapping[str, Array]] = None
-              ) -> tuple[Array, Metrics]:
+  def loss_fn(
+    self,
+    params,
+    batch: Batch,
+    dropout_rng: Array | None,
+    normalizers: Mapping[str, Array] | None = None,
+  ) -> tuple[Array, Metrics]:
     if normalizers is None:
       normalizers = self.loss_normalizers(batch)
     logits = self._compute_logits(params, batch, dropout_rng)
     out = losses.distill_step_by_step_from_logits(
-        logits, batch, self.alpha, normalizers, self._label_smoothing,
-        self._z_loss)
-    metrics = token_metrics(logits, batch['decoder_target_tokens'],
-                            losses.loss_weights(batch), out.token_loss,
-                            out.token_z_loss)
-    metrics.update({name: clu_metrics.Average(total=total, count=count)
-                    for name, (total, count) in out.metric_sums.items()})
+      logits,
+      batch,
+      self.alpha,
+      normalizers,
+      self._label_smoothing,
+      self._z_loss,
+    )
+    metrics = token_metrics(
+      logits,
+      batch['decoder_target_tokens'],
+      losses.loss_weights(batch),
+      out.token_loss,
+      out.token_z_loss,
+    )
+    metrics.update(
+      {
+        name: clu_metrics.Average(total=total, count=count)
+        for name, (total, count) in out.metric_sums.items()
+      }
+    )
     metrics['label_tokens'] = Sum(out.metric_sums['label_loss'][1])
     metrics['rationale_tokens'] = Sum(out.metric_sums['rationale_loss'][1])
     return out.loss, metrics

@@ -13,9 +13,11 @@ that `dsbs_jax.partitioning` maps onto the device mesh; the main activations
 carry logical sharding constraints, which are no-ops outside a mesh.
 """
 
+from collections.abc import Callable
+from collections.abc import Sequence
 import functools
 import operator
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from flax import linen as nn
 from flax import struct
@@ -54,8 +56,9 @@ class T5Config:
 
 def _param(module: nn.Module, name: str, init: Initializer, shape, axes):
   """A float32 parameter annotated with logical axis names."""
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape,
-                      jnp.float32)
+  return module.param(
+    name, nn.with_logical_partitioning(init, axes), shape, jnp.float32
+  )
 
 
 def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
@@ -74,20 +77,25 @@ class Dense(nn.Module):
   kernel_axes: tuple[str, str]
   dtype: Any = jnp.float32
   kernel_init: Initializer = nn.initializers.variance_scaling(
-      1.0, 'fan_in', 'truncated_normal')
+    1.0, 'fan_in', 'truncated_normal'
+  )
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     flat_shape = (int(np.prod(self.in_shape)), int(np.prod(self.out_shape)))
-    kernel = _param(self, 'kernel', self.kernel_init, flat_shape,
-                    self.kernel_axes)
-    kernel = jnp.asarray(kernel, self.dtype).reshape(self.in_shape +
-                                                     self.out_shape)
+    kernel = _param(
+      self, 'kernel', self.kernel_init, flat_shape, self.kernel_axes
+    )
+    kernel = jnp.asarray(kernel, self.dtype).reshape(
+      self.in_shape + self.out_shape
+    )
     n_in = len(self.in_shape)
     contract_x = tuple(range(x.ndim - n_in, x.ndim))
     return lax.dot_general(
-        jnp.asarray(x, self.dtype), kernel,
-        ((contract_x, tuple(range(n_in))), ((), ())))
+      jnp.asarray(x, self.dtype),
+      kernel,
+      ((contract_x, tuple(range(n_in))), ((), ())),
+    )
 
 
 class RMSNorm(nn.Module):
@@ -101,13 +109,15 @@ class RMSNorm(nn.Module):
     x = jnp.asarray(x, jnp.float32)
     mean2 = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
     y = jnp.asarray(x * lax.rsqrt(mean2 + self.epsilon), self.dtype)
-    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],),
-                   ('embed',))
+    scale = _param(
+      self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',)
+    )
     return y * jnp.asarray(scale, self.dtype)
 
 
-def relative_position_buckets(qlen: int, klen: int, bidirectional: bool,
-                              num_buckets: int, max_distance: int) -> np.ndarray:
+def relative_position_buckets(
+  qlen: int, klen: int, bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
   """Bucket of (memory - query) position for every (q, k) pair, as in T5.
 
   Half the buckets are exact small distances, the rest log-spaced up to
@@ -125,9 +135,10 @@ def relative_position_buckets(qlen: int, klen: int, bidirectional: bool,
   max_exact = num_buckets // 2
   with np.errstate(divide='ignore'):
     large = max_exact + (
-        np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps) /
-        np.log(max_distance / max_exact) *
-        (num_buckets - max_exact)).astype(np.int32)
+      np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+      / np.log(max_distance / max_exact)
+      * (num_buckets - max_exact)
+    ).astype(np.int32)
   large = np.minimum(large, num_buckets - 1)
   return bucket + np.where(n < max_exact, n, large)
 
@@ -142,32 +153,43 @@ class RelativePositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, qlen: int, klen: int, bidirectional: bool) -> Array:
-    buckets = relative_position_buckets(qlen, klen, bidirectional,
-                                        self.num_buckets, self.max_distance)
-    table = _param(self, 'rel_embedding',
-                   nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
-                   (self.num_heads, self.num_buckets),
-                   ('heads', 'relpos_buckets'))
+    buckets = relative_position_buckets(
+      qlen, klen, bidirectional, self.num_buckets, self.max_distance
+    )
+    table = _param(
+      self,
+      'rel_embedding',
+      nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+      (self.num_heads, self.num_buckets),
+      ('heads', 'relpos_buckets'),
+    )
     # A one-hot contraction rather than a gather: its gradient is a matmul,
     # where a gather's is a scatter-add (very slow on CPU, awkward to shard).
-    one_hot = (buckets[None] == np.arange(self.num_buckets)[:, None, None])
-    values = jnp.einsum('hb,bqk->hqk', jnp.asarray(table, self.dtype),
-                        jnp.asarray(one_hot, self.dtype))
+    one_hot = buckets[None] == np.arange(self.num_buckets)[:, None, None]
+    values = jnp.einsum(
+      'hb,bqk->hqk',
+      jnp.asarray(table, self.dtype),
+      jnp.asarray(one_hot, self.dtype),
+    )
     return values[None]  # (1, heads, qlen, klen)
 
 
-def attention_mask(query_valid: Array, key_valid: Array,
-                   pairwise: Callable[[Array, Array], Array] = jnp.logical_and
-                   ) -> Array:
+def attention_mask(
+  query_valid: Array,
+  key_valid: Array,
+  pairwise: Callable[[Array, Array], Array] = jnp.logical_and,
+) -> Array:
   """[batch, 1, q, k] boolean mask from per-position query/key features."""
   return pairwise(query_valid[:, :, None], key_valid[:, None, :])[:, None]
 
 
-def decoder_self_attention_mask(decoder_target_tokens: Array,
-                                decoder_segment_ids: Optional[Array]) -> Array:
+def decoder_self_attention_mask(
+  decoder_target_tokens: Array, decoder_segment_ids: Array | None
+) -> Array:
   """Causal, padding and (for packed data) same-segment mask."""
   positions = jnp.broadcast_to(
-      jnp.arange(decoder_target_tokens.shape[-1]), decoder_target_tokens.shape)
+    jnp.arange(decoder_target_tokens.shape[-1]), decoder_target_tokens.shape
+  )
   valid = decoder_target_tokens > 0
   mask = attention_mask(positions, positions, jnp.greater_equal)
   mask &= attention_mask(valid, valid)
@@ -191,50 +213,66 @@ class MultiHeadAttention(nn.Module):
   float32_logits: bool = False
 
   @nn.compact
-  def __call__(self,
-               inputs_q: Array,
-               inputs_kv: Array,
-               mask: Optional[Array] = None,
-               bias: Optional[Array] = None,
-               *,
-               decode: bool = False,
-               deterministic: bool = True) -> Array:
+  def __call__(
+    self,
+    inputs_q: Array,
+    inputs_kv: Array,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    *,
+    decode: bool = False,
+    deterministic: bool = True,
+  ) -> Array:
     emb_dim = inputs_q.shape[-1]
     kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
     depth_scaling = jnp.sqrt(self.head_dim).astype(self.dtype)
     heads = (self.num_heads, self.head_dim)
     project = functools.partial(
-        Dense, in_shape=(emb_dim,), out_shape=heads,
-        kernel_axes=('embed', 'joined_kv'), dtype=self.dtype)
-    query = project(kernel_init=lambda *a: kernel_init(*a) / depth_scaling,
-                    name='query')(inputs_q)
+      Dense,
+      in_shape=(emb_dim,),
+      out_shape=heads,
+      kernel_axes=('embed', 'joined_kv'),
+      dtype=self.dtype,
+    )
+    query = project(
+      kernel_init=lambda *a: kernel_init(*a) / depth_scaling, name='query'
+    )(inputs_q)
     key = project(kernel_init=kernel_init, name='key')(inputs_kv)
     value = project(kernel_init=kernel_init, name='value')(inputs_kv)
-    query, key, value = (_constrain(t, ('batch', 'length', 'heads', 'kv'))
-                         for t in (query, key, value))
+    query, key, value = (
+      _constrain(t, ('batch', 'length', 'heads', 'kv'))
+      for t in (query, key, value)
+    )
 
     if decode:
       initialized = self.has_variable('cache', 'cached_key')
-      cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape,
-                                 key.dtype)
-      cached_value = self.variable('cache', 'cached_value', jnp.zeros,
-                                   value.shape, value.dtype)
-      cache_index = self.variable('cache', 'cache_index',
-                                  lambda: jnp.array(0, dtype=jnp.int32))
+      cached_key = self.variable(
+        'cache', 'cached_key', jnp.zeros, key.shape, key.dtype
+      )
+      cached_value = self.variable(
+        'cache', 'cached_value', jnp.zeros, value.shape, value.dtype
+      )
+      cache_index = self.variable(
+        'cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32)
+      )
       if initialized:
         batch, length = cached_key.value.shape[:2]
         if query.shape[1] != 1:
-          raise ValueError('Cached decoding takes one position per call, got '
-                           f'query of shape {query.shape}.')
+          raise ValueError(
+            'Cached decoding takes one position per call, got '
+            f'query of shape {query.shape}.'
+          )
         index = cache_index.value
         key = lax.dynamic_update_slice_in_dim(cached_key.value, key, index, 1)
-        value = lax.dynamic_update_slice_in_dim(cached_value.value, value,
-                                                index, 1)
+        value = lax.dynamic_update_slice_in_dim(
+          cached_value.value, value, index, 1
+        )
         cached_key.value, cached_value.value = key, value
         cache_index.value = index + 1
         # Attend only to positions already written.
-        written = jnp.broadcast_to(jnp.arange(length) <= index,
-                                   (batch, 1, 1, length))
+        written = jnp.broadcast_to(
+          jnp.arange(length) <= index, (batch, 1, 1, length)
+        )
         mask = written if mask is None else mask & written
         if bias is not None:
           bias = lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
@@ -255,14 +293,21 @@ class MultiHeadAttention(nn.Module):
       keep_prob = 1.0 - self.dropout_rate
       # Dropout mask broadcast over query positions, as in T5.
       keep_shape = weights.shape[:-2] + (1, weights.shape[-1])
-      keep = jax.random.bernoulli(self.make_rng('dropout'), keep_prob,
-                                  keep_shape)
-      weights = weights * (keep.astype(self.dtype) /
-                           jnp.asarray(keep_prob, self.dtype))
+      keep = jax.random.bernoulli(
+        self.make_rng('dropout'), keep_prob, keep_shape
+      )
+      weights = weights * (
+        keep.astype(self.dtype) / jnp.asarray(keep_prob, self.dtype)
+      )
     x = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-    return Dense(in_shape=heads, out_shape=(emb_dim,),
-                 kernel_axes=('joined_kv', 'embed'), dtype=self.dtype,
-                 kernel_init=kernel_init, name='out')(x)
+    return Dense(
+      in_shape=heads,
+      out_shape=(emb_dim,),
+      kernel_axes=('joined_kv', 'embed'),
+      dtype=self.dtype,
+      kernel_init=kernel_init,
+      name='out',
+    )(x)
 
 
 def _activation(name: str) -> Callable[[Array], Array]:
@@ -270,7 +315,7 @@ def _activation(name: str) -> Callable[[Array], Array]:
 
 
 class MlpBlock(nn.Module):
-  """Feed-forward block; several activations multiply (gated GELU = gelu*linear)."""
+  """Feed-forward block; activations multiply (gated GELU = gelu * linear)."""
 
   intermediate_dim: int
   activations: Sequence[str]
@@ -284,15 +329,24 @@ class MlpBlock(nn.Module):
     hidden = []
     for i, name in enumerate(self.activations):
       wi = 'wi' if len(self.activations) == 1 else f'wi_{i}'
-      h = dense(in_shape=(emb_dim,), out_shape=(self.intermediate_dim,),
-                kernel_axes=('embed', 'mlp'), name=wi)(x)
+      h = dense(
+        in_shape=(emb_dim,),
+        out_shape=(self.intermediate_dim,),
+        kernel_axes=('embed', 'mlp'),
+        name=wi,
+      )(x)
       hidden.append(_activation(name)(h))
     h = functools.reduce(operator.mul, hidden)
     h = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
-        h, deterministic=deterministic)
+      h, deterministic=deterministic
+    )
     h = _constrain(h, ('batch', 'length', 'mlp'))
-    return dense(in_shape=(self.intermediate_dim,), out_shape=(emb_dim,),
-                 kernel_axes=('mlp', 'embed'), name='wo')(h)
+    return dense(
+      in_shape=(self.intermediate_dim,),
+      out_shape=(emb_dim,),
+      kernel_axes=('mlp', 'embed'),
+      name='wo',
+    )(h)
 
 
 class _Sublayers(nn.Module):
@@ -305,29 +359,38 @@ class _Sublayers(nn.Module):
 
   def attention(self, name: str) -> MultiHeadAttention:
     cfg = self.config
-    return MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dtype,
-                              cfg.dropout_rate, cfg.float32_attention_logits,
-                              name=name)
+    return MultiHeadAttention(
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.dtype,
+      cfg.dropout_rate,
+      cfg.float32_attention_logits,
+      name=name,
+    )
 
   def mlp(self, x: Array, deterministic: bool) -> Array:
     cfg = self.config
-    return MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate,
-                    cfg.dtype, name='mlp')(x, deterministic)
+    return MlpBlock(
+      cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name='mlp'
+    )(x, deterministic)
 
   def dropout(self, x: Array, deterministic: bool) -> Array:
     return nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))(
-        x, deterministic=deterministic)
+      x, deterministic=deterministic
+    )
 
 
 class EncoderLayer(_Sublayers):
   """Self-attention then MLP, each pre-normalised and residual."""
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, bias: Array,
-               deterministic: bool) -> Array:
+  def __call__(
+    self, x: Array, mask: Array, bias: Array, deterministic: bool
+  ) -> Array:
     y = self.norm('pre_attention_layer_norm')(x)
-    y = self.attention('attention')(y, y, mask, bias,
-                                    deterministic=deterministic)
+    y = self.attention('attention')(
+      y, y, mask, bias, deterministic=deterministic
+    )
     x = x + self.dropout(y, deterministic)
     y = self.norm('pre_mlp_layer_norm')(x)
     x = x + self.dropout(self.mlp(y, deterministic), deterministic)
@@ -338,16 +401,25 @@ class DecoderLayer(_Sublayers):
   """Causal self-attention, cross-attention to the encoder, then MLP."""
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, self_mask: Optional[Array],
-               cross_mask: Array, bias: Array, deterministic: bool,
-               decode: bool) -> Array:
+  def __call__(
+    self,
+    x: Array,
+    encoded: Array,
+    self_mask: Array | None,
+    cross_mask: Array,
+    bias: Array,
+    deterministic: bool,
+    decode: bool,
+  ) -> Array:
     y = self.norm('pre_self_attention_layer_norm')(x)
     y = self.attention('self_attention')(
-        y, y, self_mask, bias, decode=decode, deterministic=deterministic)
+      y, y, self_mask, bias, decode=decode, deterministic=deterministic
+    )
     x = x + self.dropout(y, deterministic)
     y = self.norm('pre_cross_attention_layer_norm')(x)
     y = self.attention('encoder_decoder_attention')(
-        y, encoded, cross_mask, deterministic=deterministic)
+      y, encoded, cross_mask, deterministic=deterministic
+    )
     x = x + self.dropout(y, deterministic)
     y = self.norm('pre_mlp_layer_norm')(x)
     x = x + self.dropout(self.mlp(y, deterministic), deterministic)
@@ -362,10 +434,13 @@ class Embed(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.embedding = _param(self, 'embedding',
-                            nn.initializers.normal(stddev=1.0),
-                            (self.num_embeddings, self.features),
-                            ('vocab', 'embed'))
+    self.embedding = _param(
+      self,
+      'embedding',
+      nn.initializers.normal(stddev=1.0),
+      (self.num_embeddings, self.features),
+      ('vocab', 'embed'),
+    )
 
   def __call__(self, tokens: Array) -> Array:
     x = jnp.take(jnp.asarray(self.embedding, self.dtype), tokens, axis=0)
@@ -377,8 +452,13 @@ class Embed(nn.Module):
 
 
 def _relpos_bias(cfg: T5Config) -> RelativePositionBias:
-  return RelativePositionBias(cfg.num_buckets, cfg.max_distance, cfg.num_heads,
-                              cfg.dtype, name='relpos_bias')
+  return RelativePositionBias(
+    cfg.num_buckets,
+    cfg.max_distance,
+    cfg.num_heads,
+    cfg.dtype,
+    name='relpos_bias',
+  )
 
 
 class Encoder(nn.Module):
@@ -391,8 +471,10 @@ class Encoder(nn.Module):
     length = tokens.shape[-1]
     bias = _relpos_bias(cfg)(length, length, True)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-    x = dropout(self.shared_embedding(tokens.astype(jnp.int32)),
-                deterministic=deterministic).astype(cfg.dtype)
+    x = dropout(
+      self.shared_embedding(tokens.astype(jnp.int32)),
+      deterministic=deterministic,
+    ).astype(cfg.dtype)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f'layers_{i}')(x, mask, bias, deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name='encoder_norm')(x)
@@ -404,28 +486,44 @@ class Decoder(nn.Module):
   shared_embedding: Embed
 
   @nn.compact
-  def __call__(self, encoded: Array, decoder_input_tokens: Array,
-               self_mask: Optional[Array], cross_mask: Array,
-               deterministic: bool, decode: bool,
-               max_decode_length: Optional[int]) -> Array:
+  def __call__(
+    self,
+    encoded: Array,
+    decoder_input_tokens: Array,
+    self_mask: Array | None,
+    cross_mask: Array,
+    deterministic: bool,
+    decode: bool,
+    max_decode_length: int | None,
+  ) -> Array:
     cfg = self.config
-    length = (max_decode_length if decode and max_decode_length else
-              decoder_input_tokens.shape[-1])
+    length = (
+      max_decode_length
+      if decode and max_decode_length
+      else decoder_input_tokens.shape[-1]
+    )
     bias = _relpos_bias(cfg)(length, length, False)
     dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-    y = dropout(self.shared_embedding(decoder_input_tokens.astype(jnp.int32)),
-                deterministic=deterministic).astype(cfg.dtype)
+    y = dropout(
+      self.shared_embedding(decoder_input_tokens.astype(jnp.int32)),
+      deterministic=deterministic,
+    ).astype(cfg.dtype)
     for i in range(cfg.num_decoder_layers):
       y = DecoderLayer(cfg, name=f'layers_{i}')(
-          y, encoded, self_mask, cross_mask, bias, deterministic, decode)
+        y, encoded, self_mask, cross_mask, bias, deterministic, decode
+      )
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name='decoder_norm')(y)
     y = dropout(y, deterministic=deterministic)
     if cfg.logits_via_embedding:
       logits = self.shared_embedding.attend(y) / jnp.sqrt(y.shape[-1])
     else:
-      logits = Dense(in_shape=(cfg.emb_dim,), out_shape=(cfg.vocab_size,),
-                     kernel_axes=('embed', 'vocab'), dtype=jnp.float32,
-                     name='logits_dense')(y)
+      logits = Dense(
+        in_shape=(cfg.emb_dim,),
+        out_shape=(cfg.vocab_size,),
+        kernel_axes=('embed', 'vocab'),
+        dtype=jnp.float32,
+        name='logits_dense',
+      )(y)
     return _constrain(logits, ('batch', 'length', 'vocab'))
 
 
@@ -436,33 +534,39 @@ class Transformer(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.shared_embedding = Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype,
-                                  name='token_embedder')
+    self.shared_embedding = Embed(
+      cfg.vocab_size, cfg.emb_dim, cfg.dtype, name='token_embedder'
+    )
     self.encoder = Encoder(cfg, self.shared_embedding)
     self.decoder = Decoder(cfg, self.shared_embedding)
 
-  def encode(self,
-             encoder_input_tokens: Array,
-             encoder_segment_ids: Optional[Array] = None,
-             enable_dropout: bool = True) -> Array:
+  def encode(
+    self,
+    encoder_input_tokens: Array,
+    encoder_segment_ids: Array | None = None,
+    enable_dropout: bool = True,
+  ) -> Array:
     valid = encoder_input_tokens > 0
     mask = attention_mask(valid, valid)
     if encoder_segment_ids is not None:
-      mask &= attention_mask(encoder_segment_ids, encoder_segment_ids,
-                             jnp.equal)
+      mask &= attention_mask(
+        encoder_segment_ids, encoder_segment_ids, jnp.equal
+      )
     return self.encoder(encoder_input_tokens, mask, not enable_dropout)
 
-  def decode(self,
-             encoded: Array,
-             encoder_input_tokens: Array,
-             decoder_input_tokens: Array,
-             decoder_target_tokens: Array,
-             encoder_segment_ids: Optional[Array] = None,
-             decoder_segment_ids: Optional[Array] = None,
-             decoder_positions: Optional[Array] = None,
-             enable_dropout: bool = True,
-             decode: bool = False,
-             max_decode_length: Optional[int] = None) -> Array:
+  def decode(
+    self,
+    encoded: Array,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array,
+    encoder_segment_ids: Array | None = None,
+    decoder_segment_ids: Array | None = None,
+    decoder_positions: Array | None = None,
+    enable_dropout: bool = True,
+    decode: bool = False,
+    max_decode_length: int | None = None,
+  ) -> Array:
     """Decoder logits; with `decode=True`, one cached step at a time.
 
     `decoder_positions` is accepted for t5x's interface; relative attention
@@ -475,32 +579,52 @@ class Transformer(nn.Module):
         raise ValueError('Packed inputs cannot be decoded incrementally.')
       self_mask = None
       cross_mask = attention_mask(
-          jnp.ones_like(decoder_target_tokens, dtype=bool), encoder_valid)
+        jnp.ones_like(decoder_target_tokens, dtype=bool), encoder_valid
+      )
     else:
-      self_mask = decoder_self_attention_mask(decoder_target_tokens,
-                                              decoder_segment_ids)
+      self_mask = decoder_self_attention_mask(
+        decoder_target_tokens, decoder_segment_ids
+      )
       cross_mask = attention_mask(decoder_target_tokens > 0, encoder_valid)
       if encoder_segment_ids is not None:
-        cross_mask &= attention_mask(decoder_segment_ids, encoder_segment_ids,
-                                     jnp.equal)
-    return self.decoder(encoded, decoder_input_tokens, self_mask, cross_mask,
-                        not enable_dropout, decode, max_decode_length)
+        cross_mask &= attention_mask(
+          decoder_segment_ids, encoder_segment_ids, jnp.equal
+        )
+    return self.decoder(
+      encoded,
+      decoder_input_tokens,
+      self_mask,
+      cross_mask,
+      not enable_dropout,
+      decode,
+      max_decode_length,
+    )
 
-  def __call__(self,
-               encoder_input_tokens: Array,
-               decoder_input_tokens: Array,
-               decoder_target_tokens: Array,
-               encoder_segment_ids: Optional[Array] = None,
-               decoder_segment_ids: Optional[Array] = None,
-               encoder_positions: Optional[Array] = None,
-               decoder_positions: Optional[Array] = None,
-               *,
-               enable_dropout: bool = True,
-               decode: bool = False) -> Array:
+  def __call__(
+    self,
+    encoder_input_tokens: Array,
+    decoder_input_tokens: Array,
+    decoder_target_tokens: Array,
+    encoder_segment_ids: Array | None = None,
+    decoder_segment_ids: Array | None = None,
+    encoder_positions: Array | None = None,
+    decoder_positions: Array | None = None,
+    *,
+    enable_dropout: bool = True,
+    decode: bool = False,
+  ) -> Array:
     del encoder_positions  # See `decode`: relative attention needs none.
-    encoded = self.encode(encoder_input_tokens, encoder_segment_ids,
-                          enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       decoder_target_tokens, encoder_segment_ids,
-                       decoder_segment_ids, decoder_positions, enable_dropout,
-                       decode)
+    encoded = self.encode(
+      encoder_input_tokens, encoder_segment_ids, enable_dropout
+    )
+    return self.decode(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      encoder_segment_ids,
+      decoder_segment_ids,
+      decoder_positions,
+      enable_dropout,
+      decode,
+    )

@@ -12,20 +12,24 @@ the same program; `initialize_distributed` starts jax's multi-host runtime and
 each host loads its own slice of the global batch (`global_batch`).
 """
 
+from collections.abc import Sequence
 import contextlib
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from absl import logging
 from flax import linen as nn
-import gin
 import jax
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
-LogicalRules = Sequence[tuple[str, Optional[str]]]
+import gin
+
+LogicalRules = Sequence[tuple[str, str | None]]
 
 DATA, MODEL = 'data', 'model'
 
@@ -33,23 +37,25 @@ DATA, MODEL = 'data', 'model'
 def standard_logical_axis_rules() -> LogicalRules:
   """t5x's standard rules for 1-D parameter and activation partitioning."""
   return (
-      ('batch', DATA),
-      ('vocab', MODEL),
-      ('mlp', MODEL),
-      ('heads', MODEL),
-      ('joined_kv', MODEL),
-      ('embed', None),
-      ('kv', None),
-      ('length', None),
-      ('relpos_buckets', None),
+    ('batch', DATA),
+    ('vocab', MODEL),
+    ('mlp', MODEL),
+    ('heads', MODEL),
+    ('joined_kv', MODEL),
+    ('embed', None),
+    ('kv', None),
+    ('length', None),
+    ('relpos_buckets', None),
   )
 
 
 @gin.configurable
-def initialize_distributed(coordinator_address: Optional[str] = None,
-                           num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None,
-                           enabled: bool = False) -> None:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  enabled: bool = False,
+) -> None:
   """Starts jax's multi-host runtime when asked to.
 
   On Cloud TPU VMs and SLURM/Open MPI clusters jax finds the coordinator by
@@ -58,12 +64,18 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   """
   if not enabled:
     return
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes,
-                             process_id=process_id)
-  logging.info('Process %d of %d; %d local of %d devices.',
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+  )
+  logging.info(
+    'Process %d of %d; %d local of %d devices.',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 @gin.configurable
@@ -77,11 +89,12 @@ class Partitioner:
   devices (default: all of `jax.devices()`), e.g. one device for a reference.
   """
 
-  num_partitions: Optional[int] = None
-  mesh_shape: Optional[tuple[int, int]] = None
+  num_partitions: int | None = None
+  mesh_shape: tuple[int, int] | None = None
   logical_axis_rules: LogicalRules = dataclasses.field(
-      default_factory=standard_logical_axis_rules)
-  devices: Optional[Sequence[jax.Device]] = None
+    default_factory=standard_logical_axis_rules
+  )
+  devices: Sequence[jax.Device] | None = None
 
   def __post_init__(self):
     n = jax.device_count() if self.devices is None else len(self.devices)
@@ -92,16 +105,20 @@ class Partitioner:
     else:
       model = self.num_partitions or 1
       if n % model:
-        raise ValueError(f'num_partitions={model} does not divide the '
-                         f'{n} devices.')
+        raise ValueError(
+          f'num_partitions={model} does not divide the {n} devices.'
+        )
       shape = (n // model, model)
     if int(np.prod(shape)) != n:
-      raise ValueError(f'Mesh shape {shape} needs {int(np.prod(shape))} '
-                       f'devices; there are {n}.')
+      raise ValueError(
+        f'Mesh shape {shape} needs {int(np.prod(shape))} '
+        f'devices; there are {n}.'
+      )
     # create_device_mesh follows the physical topology on TPU pods.
     devices = None if self.devices is None else list(self.devices)
-    self.mesh = Mesh(mesh_utils.create_device_mesh(shape, devices),
-                     (DATA, MODEL))
+    self.mesh = Mesh(
+      mesh_utils.create_device_mesh(shape, devices), (DATA, MODEL)
+    )
 
   @property
   def data_parallel_size(self) -> int:
@@ -120,12 +137,17 @@ class Partitioner:
 
   def params_shardings(self, boxed_params: Any) -> Any:
     """Shardings for parameters from their flax logical-axis metadata."""
-    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_params),
-                                       self.mesh, self.logical_axis_rules)
+    return nn.logical_to_mesh_sharding(
+      nn.get_partition_spec(boxed_params), self.mesh, self.logical_axis_rules
+    )
 
-  def optimizer_shardings(self, optimizer: optax.GradientTransformation,
-                          opt_state_shapes: Any, param_shapes: Any,
-                          params_shardings: Any) -> Any:
+  def optimizer_shardings(
+    self,
+    optimizer: optax.GradientTransformation,
+    opt_state_shapes: Any,
+    param_shapes: Any,
+    params_shardings: Any,
+  ) -> Any:
     """Parameter-shaped optimizer state follows its parameter's sharding."""
 
     def like_param(state_leaf, param_leaf, param_sharding):
@@ -134,33 +156,41 @@ class Partitioner:
       return self.replicated
 
     return optax.tree_map_params(
-        optimizer, like_param, opt_state_shapes, param_shapes,
-        params_shardings,
-        transform_non_params=lambda _: self.replicated,
-        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+      optimizer,
+      like_param,
+      opt_state_shapes,
+      param_shapes,
+      params_shardings,
+      transform_non_params=lambda _: self.replicated,
+      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+    )
 
-  def global_batch(self, local_batch: dict[str, np.ndarray]
-                   ) -> dict[str, jax.Array]:
+  def global_batch(
+    self, local_batch: dict[str, np.ndarray]
+  ) -> dict[str, jax.Array]:
     """Global arrays sharded over `data` from this host's slice of a batch."""
     return {
-        name: jax.make_array_from_process_local_data(self.batch_sharding,
-                                                     value)
-        for name, value in local_batch.items()
+      name: jax.make_array_from_process_local_data(self.batch_sharding, value)
+      for name, value in local_batch.items()
     }
 
-  def shard_full_batch(self, batch: dict[str, np.ndarray]
-                       ) -> dict[str, jax.Array]:
+  def shard_full_batch(
+    self, batch: dict[str, np.ndarray]
+  ) -> dict[str, jax.Array]:
     """Global arrays sharded over `data` from a batch every host holds whole
     (inference reads the full split on every host)."""
     return {
-        name: jax.make_array_from_process_local_data(self.batch_sharding,
-                                                     value, value.shape)
-        for name, value in batch.items()
+      name: jax.make_array_from_process_local_data(
+        self.batch_sharding, value, value.shape
+      )
+      for name, value in batch.items()
     }
 
   @contextlib.contextmanager
   def activation_context(self):
     """Context in which the network's logical sharding constraints apply."""
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(
-        self.logical_axis_rules):
+    with (
+      jax.set_mesh(self.mesh),
+      nn.logical_axis_rules(self.logical_axis_rules),
+    ):
       yield

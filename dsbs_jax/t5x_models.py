@@ -10,7 +10,8 @@ t5x is not on PyPI, so this module alone needs it installed from its
 repository; importing it without t5x raises an ImportError that says how.
 """
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from clu import metrics as clu_metrics
 import jax
@@ -20,9 +21,10 @@ try:
   from t5x import models as t5x_models
 except ImportError as e:
   raise ImportError(
-      'dsbs_jax.t5x_models needs t5x, which is not on PyPI. Install it from '
-      "its repository: pip install 'git+https://github.com/google-research/"
-      "t5x' (or git clone it and pip install -e the clone).") from e
+    'dsbs_jax.t5x_models needs t5x, which is not on PyPI. Install it from '
+    "its repository: pip install 'git+https://github.com/google-research/"
+    "t5x' (or git clone it and pip install -e the clone)."
+  ) from e
 
 from dsbs_jax import losses
 from tasks import feature_converters
@@ -53,21 +55,37 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
     super().__init__(*args, **kwargs)
     self.alpha = alpha
 
-  def loss_fn(self, params: Any, batch: Mapping[str, Array],
-              dropout_rng: Optional[Array]
-              ) -> tuple[Array, dict[str, clu_metrics.Metric]]:
+  def loss_fn(
+    self, params: Any, batch: Mapping[str, Array], dropout_rng: Array | None
+  ) -> tuple[Array, dict[str, clu_metrics.Metric]]:
     logits = self._compute_logits(params, batch, dropout_rng)
     out = losses.distill_step_by_step_from_logits(
-        logits, batch, self.alpha, label_smoothing=self._label_smoothing,
-        z_loss=self._z_loss)
+      logits,
+      batch,
+      self.alpha,
+      label_smoothing=self._label_smoothing,
+      z_loss=self._z_loss,
+    )
     # t5x's cross_ent_loss is loss - z_loss: pass the z-loss share of `loss`.
-    metrics = dict(self._compute_metrics(
-        logits=logits, targets=batch['decoder_target_tokens'],
-        mask=losses.loss_weights(batch), loss=out.loss, z_loss=out.z_loss))
-    metrics.update({name: clu_metrics.Average(total=total, count=count)
-                    for name, (total, count) in out.metric_sums.items()})
+    metrics = dict(
+      self._compute_metrics(
+        logits=logits,
+        targets=batch['decoder_target_tokens'],
+        mask=losses.loss_weights(batch),
+        loss=out.loss,
+        z_loss=out.z_loss,
+      )
+    )
+    metrics.update(
+      {
+        name: clu_metrics.Average(total=total, count=count)
+        for name, (total, count) in out.metric_sums.items()
+      }
+    )
     metrics['label_tokens'] = t5x_metrics.AveragePerStep(
-        total=out.metric_sums['label_loss'][1])
+      total=out.metric_sums['label_loss'][1]
+    )
     metrics['rationale_tokens'] = t5x_metrics.AveragePerStep(
-        total=out.metric_sums['rationale_loss'][1])
+      total=out.metric_sums['rationale_loss'][1]
+    )
     return out.loss, metrics

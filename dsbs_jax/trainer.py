@@ -11,12 +11,12 @@ Every model metric is additive (clu `Average` or `models.Sum`), so merging
 across microbatches is a tree sum.
 """
 
+from collections.abc import Mapping
 import functools
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import flax
 from flax import linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +24,7 @@ import optax
 
 from dsbs_jax import models
 from dsbs_jax import partitioning
+import gin
 
 Array = jax.Array
 
@@ -41,10 +42,12 @@ class TrainState:
 
 
 @gin.configurable
-def learning_rate_schedule(base_learning_rate: float = 1e-3,
-                           schedule: str = 'constant',
-                           warmup_steps: int = 0,
-                           total_steps: Optional[int] = None) -> optax.Schedule:
+def learning_rate_schedule(
+  base_learning_rate: float = 1e-3,
+  schedule: str = 'constant',
+  warmup_steps: int = 0,
+  total_steps: int | None = None,
+) -> optax.Schedule:
   """Learning rate by step.
 
   `constant`: linear warm-up over `warmup_steps`, then `base_learning_rate`.
@@ -53,8 +56,9 @@ def learning_rate_schedule(base_learning_rate: float = 1e-3,
   0 at `total_steps` (the reference implementation used linear decay).
   """
   if schedule == 'rsqrt':
-    return lambda step: base_learning_rate / jnp.sqrt(
-        jnp.maximum(step, max(warmup_steps, 1)))
+    return lambda step: (
+      base_learning_rate / jnp.sqrt(jnp.maximum(step, max(warmup_steps, 1)))
+    )
   warmup = optax.linear_schedule(0.0, base_learning_rate, warmup_steps)
   if schedule == 'constant':
     after = optax.constant_schedule(base_learning_rate)
@@ -62,12 +66,16 @@ def learning_rate_schedule(base_learning_rate: float = 1e-3,
     if not total_steps or total_steps <= warmup_steps:
       raise ValueError(f'{schedule} needs total_steps > warmup_steps.')
     decay_steps = total_steps - warmup_steps
-    after = (optax.linear_schedule(base_learning_rate, 0.0, decay_steps)
-             if schedule == 'linear_decay' else
-             optax.cosine_decay_schedule(base_learning_rate, decay_steps))
+    after = (
+      optax.linear_schedule(base_learning_rate, 0.0, decay_steps)
+      if schedule == 'linear_decay'
+      else optax.cosine_decay_schedule(base_learning_rate, decay_steps)
+    )
   else:
-    raise ValueError(f'Unknown schedule {schedule!r}; use constant, rsqrt, '
-                     'linear_decay or cosine_decay.')
+    raise ValueError(
+      f'Unknown schedule {schedule!r}; use constant, rsqrt, '
+      'linear_decay or cosine_decay.'
+    )
   if warmup_steps == 0:
     return after
   return optax.join_schedules([warmup, after], [warmup_steps])
@@ -76,42 +84,54 @@ def learning_rate_schedule(base_learning_rate: float = 1e-3,
 def _with_learning_rate_in_state(make_optimizer, learning_rate):
   """The optimizer with its current learning rate kept in its state, for
   logging (only the learning rate is injected; other settings stay static)."""
+
   def with_only_learning_rate(learning_rate):
     return make_optimizer(learning_rate=learning_rate)
 
   return optax.inject_hyperparams(with_only_learning_rate)(
-      learning_rate=learning_rate)
+    learning_rate=learning_rate
+  )
 
 
 @gin.configurable
-def adafactor(learning_rate: optax.ScalarOrSchedule = 1e-3,
-              decay_rate: float = 0.8,
-              clipping_threshold: Optional[float] = 1.0,
-              multiply_by_parameter_scale: bool = True,
-              min_dim_size_to_factor: int = 128
-              ) -> optax.GradientTransformation:
+def adafactor(
+  learning_rate: optax.ScalarOrSchedule = 1e-3,
+  decay_rate: float = 0.8,
+  clipping_threshold: float | None = 1.0,
+  multiply_by_parameter_scale: bool = True,
+  min_dim_size_to_factor: int = 128,
+) -> optax.GradientTransformation:
   """Adafactor with t5x's T5 fine-tuning defaults (decay 0.8, clip 1.0)."""
   return _with_learning_rate_in_state(
-      functools.partial(optax.adafactor, decay_rate=decay_rate,
-                        clipping_threshold=clipping_threshold,
-                        multiply_by_parameter_scale=multiply_by_parameter_scale,
-                        min_dim_size_to_factor=min_dim_size_to_factor),
-      learning_rate)
+    functools.partial(
+      optax.adafactor,
+      decay_rate=decay_rate,
+      clipping_threshold=clipping_threshold,
+      multiply_by_parameter_scale=multiply_by_parameter_scale,
+      min_dim_size_to_factor=min_dim_size_to_factor,
+    ),
+    learning_rate,
+  )
 
 
 @gin.configurable
-def adamw(learning_rate: optax.ScalarOrSchedule = 5e-5,
-          b1: float = 0.9,
-          b2: float = 0.999,
-          eps: float = 1e-8,
-          weight_decay: float = 0.0) -> optax.GradientTransformation:
+def adamw(
+  learning_rate: optax.ScalarOrSchedule = 5e-5,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
   """AdamW as the reference (HuggingFace) implementation trained with."""
   return _with_learning_rate_in_state(
-      functools.partial(optax.adamw, b1=b1, b2=b2, eps=eps,
-                        weight_decay=weight_decay), learning_rate)
+    functools.partial(
+      optax.adamw, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+    ),
+    learning_rate,
+  )
 
 
-def current_learning_rate(opt_state: Any) -> Optional[Array]:
+def current_learning_rate(opt_state: Any) -> Array | None:
   """The learning rate `inject_hyperparams` recorded in the optimizer state.
 
   None for an optimizer without injected hyperparameters (e.g. a plain
@@ -132,20 +152,23 @@ def _interleaved_microbatches(batch: Mapping[str, Array], k: int):
 
   def split(x):
     if x.shape[0] % k:
-      raise ValueError(f'Batch size {x.shape[0]} is not divisible by '
-                       f'num_microbatches={k}.')
+      raise ValueError(
+        f'Batch size {x.shape[0]} is not divisible by num_microbatches={k}.'
+      )
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
   return jax.tree.map(split, dict(batch))
 
 
-def param_shapes_and_shardings(model: models.EncoderDecoderModel,
-                               partitioner: partitioning.Partitioner,
-                               input_shapes: Mapping[str, tuple[int, ...]]
-                               ) -> tuple[Any, Any]:
+def param_shapes_and_shardings(
+  model: models.EncoderDecoderModel,
+  partitioner: partitioning.Partitioner,
+  input_shapes: Mapping[str, tuple[int, ...]],
+) -> tuple[Any, Any]:
   """Abstract parameters of `model` for these inputs, and their shardings."""
-  boxed = jax.eval_shape(lambda: model.get_initial_variables(
-      jax.random.PRNGKey(0), input_shapes))['params']
+  boxed = jax.eval_shape(
+    lambda: model.get_initial_variables(jax.random.PRNGKey(0), input_shapes)
+  )['params']
   return nn.unbox(boxed), partitioner.params_shardings(boxed)
 
 
@@ -153,12 +176,14 @@ def param_shapes_and_shardings(model: models.EncoderDecoderModel,
 class Trainer:
   """Initialises, shards and updates the train state of a model."""
 
-  def __init__(self,
-               model: models.EncoderDecoderModel,
-               partitioner: partitioning.Partitioner,
-               optimizer: Optional[optax.GradientTransformation] = None,
-               num_microbatches: Optional[int] = None,
-               seed: int = 0):
+  def __init__(
+    self,
+    model: models.EncoderDecoderModel,
+    partitioner: partitioning.Partitioner,
+    optimizer: optax.GradientTransformation | None = None,
+    num_microbatches: int | None = None,
+    seed: int = 0,
+  ):
     self.model = model
     self.partitioner = partitioner
     self.optimizer = optimizer or model.optimizer_def or adafactor()
@@ -168,25 +193,33 @@ class Trainer:
 
   # -- state ---------------------------------------------------------------
 
-  def state_shapes_and_shardings(self,
-                                 input_shapes: Mapping[str, tuple[int, ...]]
-                                 ) -> tuple[TrainState, TrainState]:
+  def state_shapes_and_shardings(
+    self, input_shapes: Mapping[str, tuple[int, ...]]
+  ) -> tuple[TrainState, TrainState]:
     """Abstract train state (shapes, dtypes) and its shardings."""
     param_shapes, param_shardings = param_shapes_and_shardings(
-        self.model, self.partitioner, input_shapes)
+      self.model, self.partitioner, input_shapes
+    )
     opt_shapes = jax.eval_shape(self.optimizer.init, param_shapes)
     opt_shardings = self.partitioner.optimizer_shardings(
-        self.optimizer, opt_shapes, param_shapes, param_shardings)
-    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
-                        params=param_shapes, opt_state=opt_shapes)
-    shardings = TrainState(step=self.partitioner.replicated,
-                           params=param_shardings, opt_state=opt_shardings)
+      self.optimizer, opt_shapes, param_shapes, param_shardings
+    )
+    shapes = TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32),
+      params=param_shapes,
+      opt_state=opt_shapes,
+    )
+    shardings = TrainState(
+      step=self.partitioner.replicated,
+      params=param_shardings,
+      opt_state=opt_shardings,
+    )
     return shapes, shardings
 
-  def init_state(self,
-                 input_shapes: Mapping[str, tuple[int, ...]],
-                 params: Optional[Any] = None) -> TrainState:
-    """A fresh, sharded train state; from `params` if given (no optimizer state).
+  def init_state(
+    self, input_shapes: Mapping[str, tuple[int, ...]], params: Any | None = None
+  ) -> TrainState:
+    """A fresh, sharded train state; from `params` if given.
 
     Fresh parameters are initialised directly in their shards (jit with
     out_shardings), so no host ever holds a full copy of a large model.
@@ -195,10 +228,16 @@ class Trainer:
 
     def init(params):
       if params is None:
-        params = nn.unbox(self.model.get_initial_variables(
-            jax.random.PRNGKey(self.seed), input_shapes)['params'])
-      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                        opt_state=self.optimizer.init(params))
+        params = nn.unbox(
+          self.model.get_initial_variables(
+            jax.random.PRNGKey(self.seed), input_shapes
+          )['params']
+        )
+      return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=self.optimizer.init(params),
+      )
 
     with self.partitioner.activation_context():
       if params is None:
@@ -222,9 +261,11 @@ class Trainer:
 
     microbatches = _interleaved_microbatches(batch, k)
     zero = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype),
-        jax.eval_shape(one, params, jax.tree.map(lambda x: x[0], microbatches),
-                       dropout_rng))
+      lambda s: jnp.zeros(s.shape, s.dtype),
+      jax.eval_shape(
+        one, params, jax.tree.map(lambda x: x[0], microbatches), dropout_rng
+      ),
+    )
 
     def accumulate(total, i):
       microbatch = jax.tree.map(lambda x: x[i], microbatches)
@@ -236,12 +277,15 @@ class Trainer:
 
   def _train_step_fn(self, state: TrainState, batch: Mapping[str, Array]):
     # A fresh dropout key per step, reproducible on resume.
-    dropout_rng = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1),
-                                     state.step)
-    grads, loss, metrics = self._grads_and_metrics(state.params, batch,
-                                                   dropout_rng)
-    updates, opt_state = self.optimizer.update(grads, state.opt_state,
-                                               state.params)
+    dropout_rng = jax.random.fold_in(
+      jax.random.PRNGKey(self.seed + 1), state.step
+    )
+    grads, loss, metrics = self._grads_and_metrics(
+      state.params, batch, dropout_rng
+    )
+    updates, opt_state = self.optimizer.update(
+      grads, state.opt_state, state.params
+    )
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics)
     metrics['loss'] = models.Sum(loss)
@@ -251,26 +295,30 @@ class Trainer:
     learning_rate = current_learning_rate(opt_state)
     if learning_rate is not None:
       metrics['learning_rate'] = models.Sum(learning_rate)
-    return TrainState(step=state.step + 1, params=params,
-                      opt_state=opt_state), metrics
+    return TrainState(
+      step=state.step + 1, params=params, opt_state=opt_state
+    ), metrics
 
   def compile(self, state_shardings: TrainState) -> None:
     self._train_step = jax.jit(
-        self._train_step_fn,
-        in_shardings=(state_shardings, self.partitioner.batch_sharding),
-        out_shardings=(state_shardings, self.partitioner.replicated),
-        donate_argnums=(0,))
+      self._train_step_fn,
+      in_shardings=(state_shardings, self.partitioner.batch_sharding),
+      out_shardings=(state_shardings, self.partitioner.replicated),
+      donate_argnums=(0,),
+    )
 
-  def lower_train_step(self, state: TrainState, batch: Mapping[str, Array]
-                       ) -> jax.stages.Lowered:
+  def lower_train_step(
+    self, state: TrainState, batch: Mapping[str, Array]
+  ) -> jax.stages.Lowered:
     """The train step lowered for these inputs: XLA's cost and memory
     analyses of the program `train_step` runs (for benchmarks)."""
     self.compile(jax.tree.map(lambda x: x.sharding, state))
     with self.partitioner.activation_context():
       return self._train_step.lower(state, batch)
 
-  def train_step(self, state: TrainState, batch: Mapping[str, Array]
-                 ) -> tuple[TrainState, dict[str, Any]]:
+  def train_step(
+    self, state: TrainState, batch: Mapping[str, Array]
+  ) -> tuple[TrainState, dict[str, Any]]:
     """One optimizer step on a global batch; metrics stay on device."""
     if self._train_step is None:
       self.compile(jax.tree.map(lambda x: x.sharding, state))
@@ -282,4 +330,3 @@ def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
   """Host values of a metrics tree (one device-to-host transfer)."""
   metrics = jax.device_get(metrics)
   return {name: float(np.asarray(m.compute())) for name, m in metrics.items()}
-

@@ -7,9 +7,13 @@ task ids), `metrics`, `registry` (`dsbs_task` and the named tasks).
 """
 
 from tasks.feature_converters import DistillStepByStepFeatureConverter
-from tasks.registry import NAMED_TASKS, dsbs_task, t5_vocabulary
+from tasks.registry import NAMED_TASKS
+from tasks.registry import dsbs_task
+from tasks.registry import t5_vocabulary
 
 __all__ = [
-    'DistillStepByStepFeatureConverter', 'NAMED_TASKS', 'dsbs_task',
-    't5_vocabulary'
+  'DistillStepByStepFeatureConverter',
+  'NAMED_TASKS',
+  'dsbs_task',
+  't5_vocabulary',
 ]

@@ -40,7 +40,8 @@ def _tokenize(text: str) -> list[str]:
     match = _TOKEN.match(text, position)
     if match is None:
       raise ExpressionError(
-          f'unexpected {text[position:].lstrip()[:10]!r} at offset {position}')
+        f'unexpected {text[position:].lstrip()[:10]!r} at offset {position}'
+      )
     tokens.append(match.group(1) or match.group(2))
     position = match.end()
   return tokens

@@ -24,33 +24,42 @@ class DistillStepByStepFeatureConverter(seqio.EncDecFeatureConverter):
   """
 
   MODEL_FEATURES = {
-      **seqio.EncDecFeatureConverter.MODEL_FEATURES,
-      'decoder_task_ids': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    **seqio.EncDecFeatureConverter.MODEL_FEATURES,
+    'decoder_task_ids': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
   }
 
   def _convert_features(
-      self, ds: tf.data.Dataset,
-      task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
     task = ds.element_spec.get('task')
     if task is None or task.dtype != tf.int32 or task.shape.rank != 0:
       raise ValueError(
-          f"{type(self).__name__} needs a scalar int32 feature 'task' "
-          f'(1: label, 2: rationale); got {task}')
+        f"{type(self).__name__} needs a scalar int32 feature 'task' "
+        f'(1: label, 2: rationale); got {task}'
+      )
 
     def add_task_ids(features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
       ids = tf.fill(tf.shape(features['targets']), features['task'])
       return {**features, 'task_ids': ids}
 
-    lengths = {**task_feature_lengths,
-               'task_ids': task_feature_lengths['targets']}
+    lengths = {
+      **task_feature_lengths,
+      'task_ids': task_feature_lengths['targets'],
+    }
     return super()._convert_features(ds.map(add_task_ids), lengths)
 
   def _convert_example(
-      self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return {**super()._convert_example(features),
-            'decoder_task_ids': features['task_ids']}
+    self, features: Mapping[str, tf.Tensor]
+  ) -> dict[str, tf.Tensor]:
+    return {
+      **super()._convert_example(features),
+      'decoder_task_ids': features['task_ids'],
+    }
 
   def get_model_feature_lengths(
-      self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
-    return {**super().get_model_feature_lengths(task_feature_lengths),
-            'decoder_task_ids': task_feature_lengths['targets']}
+    self, task_feature_lengths: Mapping[str, int]
+  ) -> dict[str, int]:
+    return {
+      **super().get_model_feature_lengths(task_feature_lengths),
+      'decoder_task_ids': task_feature_lengths['targets'],
+    }

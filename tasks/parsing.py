@@ -34,9 +34,9 @@ wrong, or not a class at all, is still the teacher's label.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import re
-from collections.abc import Mapping
 from typing import Any
 
 NLI_LABELS = ('entailment', 'neutral', 'contradiction')
@@ -82,7 +82,8 @@ def get_field(record: Mapping[str, Any], name: str, kind: type) -> Any:
   # bool is an int subclass; a JSON true is never a valid label index.
   if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
     raise FieldError(
-        name, f'expected {kind.__name__}, got {type(value).__name__}')
+      name, f'expected {kind.__name__}, got {type(value).__name__}'
+    )
   return value
 
 
@@ -98,11 +99,14 @@ def format_cqa(record: Mapping[str, Any]) -> tuple[str, str]:
   """Question, `Answer Choices:`, `(a) …` to `(e) …`; label: the answer."""
   question = get_text(record, 'question')
   choices = get_field(record, 'choices', list)
-  if (len(choices) != len(CQA_OPTION_LETTERS) or
-      not all(isinstance(c, str) for c in choices)):
+  if len(choices) != len(CQA_OPTION_LETTERS) or not all(
+    isinstance(c, str) for c in choices
+  ):
     raise FieldError('choices', f'expected {len(CQA_OPTION_LETTERS)} strings')
-  options = '\n'.join(f'({letter}) {choice}'
-                      for letter, choice in zip(CQA_OPTION_LETTERS, choices))
+  options = '\n'.join(
+    f'({letter}) {choice}'
+    for letter, choice in zip(CQA_OPTION_LETTERS, choices)
+  )
   return f'{question}\nAnswer Choices:\n{options}', get_text(record, 'answer')
 
 
@@ -156,8 +160,9 @@ def parse_svamp(completion: str) -> Parsed:
     return UNPARSED
   rationale, answer = parts
   expression = re.search(r'\(.*\)', answer)
-  return Parsed(_nonempty(rationale.rstrip()),
-                expression.group(0) if expression else None)
+  return Parsed(
+    _nonempty(rationale.rstrip()), expression.group(0) if expression else None
+  )
 
 
 def parse_esnli(completion: str) -> Parsed:

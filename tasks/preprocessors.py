@@ -22,48 +22,61 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from dsbs_jax.losses import LABEL_TASK, RATIONALE_TASK
+from dsbs_jax.losses import LABEL_TASK
+from dsbs_jax.losses import RATIONALE_TASK
 from tasks.sources import Example
 
 LABEL_SOURCES = ('llm', 'gt')
 
 
-def source_dataset(examples: Sequence[Example], *, training: bool,
-                   label_source: str) -> tf.data.Dataset:
+def source_dataset(
+  examples: Sequence[Example], *, training: bool, label_source: str
+) -> tf.data.Dataset:
   """The source features of `examples`; teacher labels only to train on."""
   if label_source not in LABEL_SOURCES:
     raise ValueError(
-        f'label_source must be one of {LABEL_SOURCES}, got {label_source!r}')
+      f'label_source must be one of {LABEL_SOURCES}, got {label_source!r}'
+    )
   use_teacher = training and label_source == 'llm'
-  labels = [(e.teacher_label or '') if use_teacher else e.label
-            for e in examples]
-  return tf.data.Dataset.from_tensor_slices({
+  labels = [
+    (e.teacher_label or '') if use_teacher else e.label for e in examples
+  ]
+  return tf.data.Dataset.from_tensor_slices(
+    {
       'input': tf.constant([e.input for e in examples], tf.string),
       'label': tf.constant(labels, tf.string),
-      'rationale': tf.constant([e.rationale or '' for e in examples],
-                               tf.string),
+      'rationale': tf.constant(
+        [e.rationale or '' for e in examples], tf.string
+      ),
       'training': tf.constant([training] * len(examples), tf.bool),
-  })
+    }
+  )
 
 
-def make_examples(dataset: tf.data.Dataset, *, with_rationale: bool,
-                  label_prefix: str = '[label] ',
-                  rationale_prefix: str = '[rationale] ',
-                  keep_unparsed: bool = False) -> tf.data.Dataset:
+def make_examples(
+  dataset: tf.data.Dataset,
+  *,
+  with_rationale: bool,
+  label_prefix: str = '[label] ',
+  rationale_prefix: str = '[rationale] ',
+  keep_unparsed: bool = False,
+) -> tf.data.Dataset:
   """Label examples, each followed by its rationale example in DSbS training."""
 
   def pair(source: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Both candidate examples, stacked, and whether to keep each."""
-    inputs = [tf.strings.join([prefix, source['input']])
-              for prefix in (label_prefix, rationale_prefix)]
+    inputs = [
+      tf.strings.join([prefix, source['input']])
+      for prefix in (label_prefix, rationale_prefix)
+    ]
     targets = tf.stack([source['label'], source['rationale']])
     wanted = tf.stack([tf.constant(True), source['training'] & with_rationale])
     return {
-        'inputs': tf.stack(inputs),
-        'targets': targets,
-        'task': tf.constant([LABEL_TASK, RATIONALE_TASK], tf.int32),
-        'rationale': tf.stack([source['rationale'], source['rationale']]),
-        'keep': wanted & (keep_unparsed | (targets != '')),
+      'inputs': tf.stack(inputs),
+      'targets': targets,
+      'task': tf.constant([LABEL_TASK, RATIONALE_TASK], tf.int32),
+      'rationale': tf.stack([source['rationale'], source['rationale']]),
+      'keep': wanted & (keep_unparsed | (targets != '')),
     }
 
   def without_keep(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:

@@ -23,18 +23,21 @@ ground-truth targets, scored by the dataset's metric.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import dataclasses
 import functools
 import hashlib
 import os
-from collections.abc import Mapping
 
-import gin
+from absl import logging
 import seqio
 import tensorflow as tf
-from absl import logging
 
-from tasks import metrics, preprocessors, sources, synthetic
+import gin
+from tasks import metrics
+from tasks import preprocessors
+from tasks import sources
+from tasks import synthetic
 
 MODES = ('dsbs', 'finetune', 'distill')
 DEFAULT_LABEL_SOURCE = {'dsbs': 'llm', 'finetune': 'gt', 'distill': 'llm'}
@@ -46,8 +49,9 @@ DEFAULT_PREFIXES = ('[label] ', '[rationale] ')
 
 def t5_vocabulary() -> seqio.SentencePieceVocabulary:
   """The public T5 vocabulary; seqio reads the model file only on first use."""
-  return seqio.SentencePieceVocabulary(T5_VOCABULARY_PATH,
-                                       extra_ids=T5_EXTRA_IDS)
+  return seqio.SentencePieceVocabulary(
+    T5_VOCABULARY_PATH, extra_ids=T5_EXTRA_IDS
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,28 +89,35 @@ class TaskConfig:
     subset = dict(data_fraction=self.data_fraction, seed=self.seed)
     if self.dataset == 'synthetic':
       splits = synthetic.synthetic_splits()
-      return sources.assemble_split(splits.__getitem__, split,
-                                    has_validation=True, **subset)
+      return sources.assemble_split(
+        splits.__getitem__, split, has_validation=True, **subset
+      )
     if self.dataset == 'jsonl':
       files = dict(self.jsonl_files)
       if split not in self.splits:
         raise ValueError(f'no {split!r} file in jsonl_files {files}')
       required = ('input', 'label', *self.needs_teacher(split))
       return sources.assemble_split(
-          lambda s: sources.read_jsonl_examples(files[s], required), split,
-          has_validation='validation' in files, **subset)
+        lambda s: sources.read_jsonl_examples(files[s], required),
+        split,
+        has_validation='validation' in files,
+        **subset,
+      )
     if self.needs_teacher(split):
       train = sources.load_release_split(self.dataset, 'train', self.data_dir)
       if train.counts is None:
         root = sources.resolve_data_dir(self.data_dir)
         missing = root / self.dataset / 'llm' / 'train_CoT_0.json'
         raise sources.DataError(
-            f'{self.dataset} {split} needs teacher completions: no {missing}')
-    return sources.release_examples(self.dataset, split,
-                                    data_dir=self.data_dir, **subset)
+          f'{self.dataset} {split} needs teacher completions: no {missing}'
+        )
+    return sources.release_examples(
+      self.dataset, split, data_dir=self.data_dir, **subset
+    )
 
-  def dataset_fn(self, split: str, shuffle_files: bool,
-                 seed: int | None = None) -> tf.data.Dataset:
+  def dataset_fn(
+    self, split: str, shuffle_files: bool, seed: int | None = None
+  ) -> tf.data.Dataset:
     """seqio's FunctionDataSource callback: the source features of `split`."""
     examples = self.examples(split)
     training = split == 'train'
@@ -115,14 +126,20 @@ class TaskConfig:
       without_label = sum(e.teacher_label is None for e in examples)
       without_rationale = sum(e.rationale is None for e in examples)
       logging.info(
-          '%s %s: %d examples; %d without a teacher label, %d without a '
-          'rationale (%s)', self.dataset, split, len(examples),
-          without_label if 'llm_label' in needed else 0,
-          without_rationale if 'rationale' in needed else 0,
-          'kept with blank targets' if self.keep_unparsed else
-          'dropped from the task needing them')
-    ds = preprocessors.source_dataset(examples, training=training,
-                                      label_source=self.label_source)
+        '%s %s: %d examples; %d without a teacher label, %d without a '
+        'rationale (%s)',
+        self.dataset,
+        split,
+        len(examples),
+        without_label if 'llm_label' in needed else 0,
+        without_rationale if 'rationale' in needed else 0,
+        'kept with blank targets'
+        if self.keep_unparsed
+        else 'dropped from the task needing them',
+      )
+    ds = preprocessors.source_dataset(
+      examples, training=training, label_source=self.label_source
+    )
     if shuffle_files and examples:
       # The whole (small) split, reshuffled every epoch; pairs stay adjacent.
       ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
@@ -139,8 +156,9 @@ def _vocabulary_suffix(vocabulary: seqio.Vocabulary) -> str:
     return ''
   if seqio.ByteVocabulary() == vocabulary:
     return '_byte'
-  state = sorted((k, repr(v)) for k, v in vars(vocabulary).items()
-                 if k != '_model')
+  state = sorted(
+    (k, repr(v)) for k, v in vars(vocabulary).items() if k != '_model'
+  )
   return '_vocab' + _short_hash(type(vocabulary).__qualname__, state)
 
 
@@ -152,45 +170,66 @@ def task_name(config: TaskConfig, vocabulary: seqio.Vocabulary) -> str:
   if config.data_fraction != 1:
     name += f'_frac{config.data_fraction:g}_seed{config.seed}'
   name += _vocabulary_suffix(vocabulary)
-  others = (config.data_dir, config.keep_unparsed,
-            (config.label_prefix, config.rationale_prefix), config.jsonl_files)
+  others = (
+    config.data_dir,
+    config.keep_unparsed,
+    (config.label_prefix, config.rationale_prefix),
+    config.jsonl_files,
+  )
   if others != (None, False, DEFAULT_PREFIXES, None):
     name += '_' + _short_hash(others)
   return name
 
 
-def _check_arguments(dataset: str, mode: str, label_source: str,
-                     data_fraction: float,
-                     jsonl_files: Mapping[str, str] | None) -> None:
+def _check_arguments(
+  dataset: str,
+  mode: str,
+  label_source: str,
+  data_fraction: float,
+  jsonl_files: Mapping[str, str] | None,
+) -> None:
   if dataset not in DATASETS:
     raise ValueError(f'unknown dataset {dataset!r}; expected one of {DATASETS}')
   if mode not in MODES:
     raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
   if label_source not in preprocessors.LABEL_SOURCES:
-    raise ValueError(f'label_source must be one of '
-                     f'{preprocessors.LABEL_SOURCES}, got {label_source!r}')
+    raise ValueError(
+      f'label_source must be one of '
+      f'{preprocessors.LABEL_SOURCES}, got {label_source!r}'
+    )
   if mode != 'dsbs' and label_source != DEFAULT_LABEL_SOURCE[mode]:
     other = 'distill' if label_source == 'llm' else 'finetune'
-    raise ValueError(f'mode {mode!r} trains on {DEFAULT_LABEL_SOURCE[mode]!r} '
-                     f'labels; for {label_source!r} labels use mode {other!r}')
+    raise ValueError(
+      f'mode {mode!r} trains on {DEFAULT_LABEL_SOURCE[mode]!r} '
+      f'labels; for {label_source!r} labels use mode {other!r}'
+    )
   sources.check_fraction(data_fraction)
   if (dataset == 'jsonl') != (jsonl_files is not None):
     raise ValueError("jsonl_files goes with dataset='jsonl' and only with it")
-  if jsonl_files is not None and ('train' not in jsonl_files or
-                                  set(jsonl_files) - set(sources.SPLITS)):
-    raise ValueError(f"jsonl_files needs a 'train' file and keys from "
-                     f'{sources.SPLITS} only, got {sorted(jsonl_files)}')
+  if jsonl_files is not None and (
+    'train' not in jsonl_files or set(jsonl_files) - set(sources.SPLITS)
+  ):
+    raise ValueError(
+      f"jsonl_files needs a 'train' file and keys from "
+      f'{sources.SPLITS} only, got {sorted(jsonl_files)}'
+    )
 
 
 @gin.configurable
-def dsbs_task(dataset: str, mode: str = 'dsbs', label_source: str | None = None,
-              *, data_dir: str | os.PathLike | None = None,
-              data_fraction: float = 1.0, seed: int = 0,
-              vocabulary: seqio.Vocabulary | None = None,
-              keep_unparsed: bool = False,
-              label_prefix: str = DEFAULT_PREFIXES[0],
-              rationale_prefix: str = DEFAULT_PREFIXES[1],
-              jsonl_files: Mapping[str, str] | None = None) -> str:
+def dsbs_task(
+  dataset: str,
+  mode: str = 'dsbs',
+  label_source: str | None = None,
+  *,
+  data_dir: str | os.PathLike | None = None,
+  data_fraction: float = 1.0,
+  seed: int = 0,
+  vocabulary: seqio.Vocabulary | None = None,
+  keep_unparsed: bool = False,
+  label_prefix: str = DEFAULT_PREFIXES[0],
+  rationale_prefix: str = DEFAULT_PREFIXES[1],
+  jsonl_files: Mapping[str, str] | None = None,
+) -> str:
   """Registers the Task these arguments describe, if new; returns its name.
 
   Args:
@@ -224,37 +263,47 @@ def dsbs_task(dataset: str, mode: str = 'dsbs', label_source: str | None = None,
   else:
     data_dir = None  # read from the environment, or not used
   if jsonl_files is not None:
-    jsonl_files = tuple(sorted(
-        (split, os.fspath(path)) for split, path in jsonl_files.items()))
+    jsonl_files = tuple(
+      sorted((split, os.fspath(path)) for split, path in jsonl_files.items())
+    )
   config = TaskConfig(
-      dataset=dataset, mode=mode, label_source=label_source,
-      data_dir=data_dir, data_fraction=float(data_fraction),
-      seed=seed if data_fraction != 1 else 0,  # the seed picks a subset only
-      keep_unparsed=keep_unparsed, label_prefix=label_prefix,
-      rationale_prefix=rationale_prefix, jsonl_files=jsonl_files)
+    dataset=dataset,
+    mode=mode,
+    label_source=label_source,
+    data_dir=data_dir,
+    data_fraction=float(data_fraction),
+    seed=seed if data_fraction != 1 else 0,  # the seed picks a subset only
+    keep_unparsed=keep_unparsed,
+    label_prefix=label_prefix,
+    rationale_prefix=rationale_prefix,
+    jsonl_files=jsonl_files,
+  )
   if vocabulary is None:
     vocabulary = t5_vocabulary()
   name = task_name(config, vocabulary)
   if name in seqio.TaskRegistry.names():
     return name
   make_examples = functools.partial(
-      preprocessors.make_examples, with_rationale=mode == 'dsbs',
-      label_prefix=label_prefix, rationale_prefix=rationale_prefix,
-      keep_unparsed=keep_unparsed)
+    preprocessors.make_examples,
+    with_rationale=mode == 'dsbs',
+    label_prefix=label_prefix,
+    rationale_prefix=rationale_prefix,
+    keep_unparsed=keep_unparsed,
+  )
   metric = metrics.equation_accuracy if dataset == 'svamp' else metrics.accuracy
   seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(config.dataset_fn, splits=config.splits),
-      output_features={
-          key: seqio.Feature(vocabulary, add_eos=True)
-          for key in ('inputs', 'targets')
-      },
-      preprocessors=[
-          make_examples,
-          seqio.preprocessors.tokenize,
-          seqio.preprocessors.append_eos_after_trim,
-      ],
-      metric_fns=[metric],
+    name,
+    source=seqio.FunctionDataSource(config.dataset_fn, splits=config.splits),
+    output_features={
+      key: seqio.Feature(vocabulary, add_eos=True)
+      for key in ('inputs', 'targets')
+    },
+    preprocessors=[
+      make_examples,
+      seqio.preprocessors.tokenize,
+      seqio.preprocessors.append_eos_after_trim,
+    ],
+    metric_fns=[metric],
   )
   return name
 
@@ -265,10 +314,10 @@ def register_named_tasks() -> list[str]:
   for dataset in (*sources.RELEASE_DATASETS, 'synthetic'):
     vocabulary = seqio.ByteVocabulary() if dataset == 'synthetic' else None
     names += [
-        dsbs_task(dataset, 'dsbs', 'llm', vocabulary=vocabulary),
-        dsbs_task(dataset, 'dsbs', 'gt', vocabulary=vocabulary),
-        dsbs_task(dataset, 'finetune', vocabulary=vocabulary),
-        dsbs_task(dataset, 'distill', vocabulary=vocabulary),
+      dsbs_task(dataset, 'dsbs', 'llm', vocabulary=vocabulary),
+      dsbs_task(dataset, 'dsbs', 'gt', vocabulary=vocabulary),
+      dsbs_task(dataset, 'finetune', vocabulary=vocabulary),
+      dsbs_task(dataset, 'distill', vocabulary=vocabulary),
     ]
   return names
 

@@ -27,19 +27,21 @@ counts are kept (see `parse_counts`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
 import functools
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-import tensorflow as tf
 from absl import logging
 from etils import epath
+import numpy as np
+import tensorflow as tf
 
 from dsbs_jax import errors
 from tasks import parsing
@@ -88,10 +90,10 @@ class ReleaseDataset:
 
 
 RELEASE_DATASETS = {
-    'cqa': ReleaseDataset(parsing.format_cqa, parsing.parse_cqa, False),
-    'svamp': ReleaseDataset(parsing.format_svamp, parsing.parse_svamp, False),
-    'esnli': ReleaseDataset(parsing.format_nli, parsing.parse_esnli, True),
-    'anli1': ReleaseDataset(parsing.format_nli, parsing.parse_anli1, True),
+  'cqa': ReleaseDataset(parsing.format_cqa, parsing.parse_cqa, False),
+  'svamp': ReleaseDataset(parsing.format_svamp, parsing.parse_svamp, False),
+  'esnli': ReleaseDataset(parsing.format_nli, parsing.parse_esnli, True),
+  'anli1': ReleaseDataset(parsing.format_nli, parsing.parse_anli1, True),
 }
 
 # Our split names -> the release's file split names.
@@ -131,14 +133,18 @@ def read_json_lines(path: epath.Path) -> list[tuple[int, dict[str, Any]]]:
       try:
         record = json.loads(line.decode('utf-8'))
       except UnicodeDecodeError as error:
-        raise DataError(f'{path}:{number}: not UTF-8: {error.reason} '
-                        f'at byte {error.start}') from None
+        raise DataError(
+          f'{path}:{number}: not UTF-8: {error.reason} at byte {error.start}'
+        ) from None
       except json.JSONDecodeError as error:
-        raise DataError(f'{path}:{number}: not valid JSON: {error.msg} '
-                        f'(column {error.colno})') from None
+        raise DataError(
+          f'{path}:{number}: not valid JSON: {error.msg} (column {error.colno})'
+        ) from None
       if not isinstance(record, dict):
-        raise DataError(f'{path}:{number}: expected a JSON object, '
-                        f'got {type(record).__name__}')
+        raise DataError(
+          f'{path}:{number}: expected a JSON object, '
+          f'got {type(record).__name__}'
+        )
       records.append((number, record))
   return records
 
@@ -153,8 +159,10 @@ def completion_files(llm_dir: epath.Path, file_split: str) -> list[epath.Path]:
       if match:
         found[int(match.group(1))] = path
   if sorted(found) != list(range(len(found))):
-    raise DataError(f'{llm_dir}: completion files for {file_split!r} are not '
-                    f'numbered 0, 1, …: found k = {sorted(found)}')
+    raise DataError(
+      f'{llm_dir}: completion files for {file_split!r} are not '
+      f'numbered 0, 1, …: found k = {sorted(found)}'
+    )
   return [found[k] for k in range(len(found))]
 
 
@@ -167,12 +175,15 @@ def read_completions(paths: Sequence[epath.Path]) -> list[str]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
       raise DataError(f'{path}: not valid JSON: {error}') from None
     if not isinstance(batch, list):
-      raise DataError(f'{path}: expected a JSON array of strings, '
-                      f'got {type(batch).__name__}')
+      raise DataError(
+        f'{path}: expected a JSON array of strings, got {type(batch).__name__}'
+      )
     for index, completion in enumerate(batch):
       if not isinstance(completion, str):
-        raise DataError(f'{path}: element {index}: expected a string, '
-                        f'got {type(completion).__name__}')
+        raise DataError(
+          f'{path}: element {index}: expected a string, '
+          f'got {type(completion).__name__}'
+        )
     completions.extend(batch)
   return completions
 
@@ -183,13 +194,16 @@ def read_completions(paths: Sequence[epath.Path]) -> list[str]:
 
 def _release_dataset(name: str) -> ReleaseDataset:
   if name not in RELEASE_DATASETS:
-    raise ValueError(f'unknown dataset {name!r}; '
-                     f'expected one of {sorted(RELEASE_DATASETS)}')
+    raise ValueError(
+      f'unknown dataset {name!r}; expected one of {sorted(RELEASE_DATASETS)}'
+    )
   return RELEASE_DATASETS[name]
 
 
-@functools.lru_cache(maxsize=None)
-def _load_release_split(name: str, file_split: str, root: epath.Path) -> ReleaseSplit:
+@functools.cache
+def _load_release_split(
+  name: str, file_split: str, root: epath.Path
+) -> ReleaseSplit:
   spec = RELEASE_DATASETS[name]
   path = root / name / f'{name}_{file_split}.json'
   texts = []
@@ -201,45 +215,58 @@ def _load_release_split(name: str, file_split: str, root: epath.Path) -> Release
 
   files = completion_files(root / name / 'llm', file_split)
   if not files:
-    logging.info('%s %s: %d examples, no teacher completions', name, file_split,
-                 len(texts))
-    return ReleaseSplit(tuple(Example(text, label) for text, label in texts),
-                        counts=None)
+    logging.info(
+      '%s %s: %d examples, no teacher completions', name, file_split, len(texts)
+    )
+    return ReleaseSplit(
+      tuple(Example(text, label) for text, label in texts), counts=None
+    )
   completions = read_completions(files)
   if len(completions) != len(texts):
     names = ', '.join(map(str, files))
-    raise DataError(f'{len(completions)} teacher completions in {names} '
-                    f'but {len(texts)} records in {path}')
+    raise DataError(
+      f'{len(completions)} teacher completions in {names} '
+      f'but {len(texts)} records in {path}'
+    )
 
   parsed = [spec.parse_completion(completion) for completion in completions]
   counts = ParseCounts(
-      completions=len(parsed),
-      parsed=sum(p.rationale is not None and p.label is not None
-                 for p in parsed),
-      without_rationale=sum(p.rationale is None for p in parsed),
-      without_label=sum(p.label is None for p in parsed),
+    completions=len(parsed),
+    parsed=sum(p.rationale is not None and p.label is not None for p in parsed),
+    without_rationale=sum(p.rationale is None for p in parsed),
+    without_label=sum(p.label is None for p in parsed),
   )
-  logging.info('%s %s: %d teacher completions, %d parsed, %d unparsed '
-               '(%d without rationale, %d without label)', name, file_split,
-               counts.completions, counts.parsed, counts.unparsed,
-               counts.without_rationale, counts.without_label)
-  examples = tuple(Example(text, label, p.rationale, p.label)
-                   for (text, label), p in zip(texts, parsed))
+  logging.info(
+    '%s %s: %d teacher completions, %d parsed, %d unparsed '
+    '(%d without rationale, %d without label)',
+    name,
+    file_split,
+    counts.completions,
+    counts.parsed,
+    counts.unparsed,
+    counts.without_rationale,
+    counts.without_label,
+  )
+  examples = tuple(
+    Example(text, label, p.rationale, p.label)
+    for (text, label), p in zip(texts, parsed)
+  )
   return ReleaseSplit(examples, counts)
 
 
-def load_release_split(name: str, file_split: str,
-                       data_dir: str | os.PathLike | None = None
-                       ) -> ReleaseSplit:
+def load_release_split(
+  name: str, file_split: str, data_dir: str | os.PathLike | None = None
+) -> ReleaseSplit:
   """A file split (`train`, `valid`, `test`) of a release dataset; cached."""
   _release_dataset(name)
-  return _load_release_split(name, file_split,
-                             resolve_data_dir(data_dir).resolve())
+  return _load_release_split(
+    name, file_split, resolve_data_dir(data_dir).resolve()
+  )
 
 
-def parse_counts(name: str, file_split: str,
-                 data_dir: str | os.PathLike | None = None
-                 ) -> ParseCounts | None:
+def parse_counts(
+  name: str, file_split: str, data_dir: str | os.PathLike | None = None
+) -> ParseCounts | None:
   """Parsed and unparsed teacher completions of a file split, if it has any."""
   return load_release_split(name, file_split, data_dir).counts
 
@@ -250,9 +277,10 @@ def parse_counts(name: str, file_split: str,
 JSONL_FIELDS = ('input', 'label', 'rationale', 'llm_label')
 
 
-@functools.lru_cache(maxsize=None)
-def _read_jsonl_examples(path: epath.Path, required: frozenset[str],
-                         version: tuple[int, int]) -> tuple[Example, ...]:
+@functools.cache
+def _read_jsonl_examples(
+  path: epath.Path, required: frozenset[str], version: tuple[int, int]
+) -> tuple[Example, ...]:
   del version  # part of the cache key only
   examples = []
   for number, record in read_json_lines(path):
@@ -264,14 +292,19 @@ def _read_jsonl_examples(path: epath.Path, required: frozenset[str],
     except parsing.FieldError as error:
       raise DataError(f'{path}:{number}: {error}') from None
     examples.append(
-        Example(values['input'], values['label'], values.get('rationale'),
-                values.get('llm_label')))
+      Example(
+        values['input'],
+        values['label'],
+        values.get('rationale'),
+        values.get('llm_label'),
+      )
+    )
   return tuple(examples)
 
 
-def read_jsonl_examples(path: str | os.PathLike,
-                        required: Sequence[str] = ('input', 'label')
-                        ) -> tuple[Example, ...]:
+def read_jsonl_examples(
+  path: str | os.PathLike, required: Sequence[str] = ('input', 'label')
+) -> tuple[Example, ...]:
   """A generic JSON Lines file; `required` fields must be on every line.
 
   Cached in-process until the file changes.
@@ -279,7 +312,8 @@ def read_jsonl_examples(path: str | os.PathLike,
   unknown = set(required) - set(JSONL_FIELDS)
   if unknown:
     raise ValueError(
-        f'unknown fields {sorted(unknown)}; fields are {JSONL_FIELDS}')
+      f'unknown fields {sorted(unknown)}; fields are {JSONL_FIELDS}'
+    )
   path = epath.Path(path).resolve()
   if not path.is_file():
     raise DataError(f'{path}: no such file')
@@ -299,12 +333,12 @@ def _round(x: float) -> int:
   return math.floor(x + 0.5)
 
 
-def holdout_indices(n: int, fraction: float = VALIDATION_FRACTION,
-                    seed: int = VALIDATION_SEED
-                    ) -> tuple[list[int], list[int]]:
+def holdout_indices(
+  n: int, fraction: float = VALIDATION_FRACTION, seed: int = VALIDATION_SEED
+) -> tuple[list[int], list[int]]:
   """(train, held-out) indices in file order; round(fraction·n) held out."""
   permutation = np.random.RandomState(seed).permutation(n)
-  held_out = set(permutation[:_round(fraction * n)].tolist())
+  held_out = set(permutation[: _round(fraction * n)].tolist())
   return [i for i in range(n) if i not in held_out], sorted(held_out)
 
 
@@ -326,10 +360,14 @@ def fraction_indices(n: int, fraction: float, seed: int) -> list[int]:
   return sorted(np.random.RandomState(seed).permutation(n)[:size].tolist())
 
 
-def assemble_split(load: Callable[[str], Sequence[Example]],
-                   split: str,
-                   *, has_validation: bool, data_fraction: float = 1.0,
-                   seed: int = 0) -> list[Example]:
+def assemble_split(
+  load: Callable[[str], Sequence[Example]],
+  split: str,
+  *,
+  has_validation: bool,
+  data_fraction: float = 1.0,
+  seed: int = 0,
+) -> list[Example]:
   """Our `split` from a source's own splits, read with `load(split_name)`.
 
   Without a validation split of its own, `validation` is held out of `train`;
@@ -349,10 +387,14 @@ def assemble_split(load: Callable[[str], Sequence[Example]],
   return [train[i] for i in fraction_indices(len(train), data_fraction, seed)]
 
 
-def release_examples(name: str, split: str, *,
-                     data_dir: str | os.PathLike | None = None,
-                     data_fraction: float = 1.0,
-                     seed: int = 0) -> list[Example]:
+def release_examples(
+  name: str,
+  split: str,
+  *,
+  data_dir: str | os.PathLike | None = None,
+  data_fraction: float = 1.0,
+  seed: int = 0,
+) -> list[Example]:
   """`train`, `validation` or `test` of a release dataset."""
   spec = _release_dataset(name)
 
@@ -360,5 +402,10 @@ def release_examples(name: str, split: str, *,
     file_split = _FILE_SPLITS[our_split]
     return load_release_split(name, file_split, data_dir).examples
 
-  return assemble_split(load, split, has_validation=spec.has_validation_file,
-                        data_fraction=data_fraction, seed=seed)
+  return assemble_split(
+    load,
+    split,
+    has_validation=spec.has_validation_file,
+    data_fraction=data_fraction,
+    seed=seed,
+  )

@@ -20,23 +20,30 @@ from __future__ import annotations
 import itertools
 import math
 
-import gin
 import numpy as np
 
+import gin
 from tasks.sources import Example
 
 NAMES = ('Tom', 'Ann', 'Sam', 'Mia', 'Ben', 'Eva', 'Max', 'Zoe')
 OBJECTS = ('apples', 'pens', 'cards', 'books', 'coins', 'shells')
 
 
-def _problem(name: str, thing: str, add: bool, a: int,
-             b: int) -> tuple[str, str, int]:
+def _problem(
+  name: str, thing: str, add: bool, a: int, b: int
+) -> tuple[str, str, int]:
   """(input, rationale without its result, answer)."""
   if add:
-    return (f'{name} has {a} {thing} and gets {b} more. How many now?',
-            f'Gets more, so add: {a} + {b} =', a + b)
-  return (f'{name} has {a} {thing} and gives away {b}. How many left?',
-          f'Gives away, so subtract: {a} - {b} =', a - b)
+    return (
+      f'{name} has {a} {thing} and gets {b} more. How many now?',
+      f'Gets more, so add: {a} + {b} =',
+      a + b,
+    )
+  return (
+    f'{name} has {a} {thing} and gives away {b}. How many left?',
+    f'Gives away, so subtract: {a} - {b} =',
+    a - b,
+  )
 
 
 def all_problems() -> list[tuple[str, str, int]]:
@@ -51,25 +58,30 @@ def all_problems() -> list[tuple[str, str, int]]:
 
 
 @gin.configurable
-def synthetic_splits(num_train: int = 1000, num_validation: int = 100,
-                     num_test: int = 100, seed: int = 0,
-                     teacher_error_rate: float = 0.1
-                     ) -> dict[str, list[Example]]:
+def synthetic_splits(
+  num_train: int = 1000,
+  num_validation: int = 100,
+  num_test: int = 100,
+  seed: int = 0,
+  teacher_error_rate: float = 0.1,
+) -> dict[str, list[Example]]:
   """Disjoint `train`, `validation` and `test` splits of the given sizes."""
   problems = all_problems()
   sizes = {'train': num_train, 'validation': num_validation, 'test': num_test}
   if min(sizes.values()) < 0 or sum(sizes.values()) > len(problems):
     raise ValueError(
-        f'split sizes {sizes} must be >= 0 and sum to at most {len(problems)}')
+      f'split sizes {sizes} must be >= 0 and sum to at most {len(problems)}'
+    )
   if not 0 <= teacher_error_rate <= 1:
     raise ValueError(
-        f'teacher_error_rate must be in [0, 1], got {teacher_error_rate}')
+      f'teacher_error_rate must be in [0, 1], got {teacher_error_rate}'
+    )
   rng = np.random.RandomState(seed)
   order = rng.permutation(len(problems)).tolist()
   splits = {}
   start = 0
   for split, size in sizes.items():
-    chosen = [problems[i] for i in order[start:start + size]]
+    chosen = [problems[i] for i in order[start : start + size]]
     start += size
     num_wrong = math.floor(teacher_error_rate * size + 0.5)
     wrong = set(rng.permutation(size)[:num_wrong].tolist())
@@ -79,6 +91,7 @@ def synthetic_splits(num_train: int = 1000, num_validation: int = 100,
       if index in wrong:  # off by one, never below 1
         teacher += 1 if answer == 1 or rng.randint(2) else -1
       examples.append(
-          Example(text, str(answer), f'{reasoning} {teacher}.', str(teacher)))
+        Example(text, str(answer), f'{reasoning} {teacher}.', str(teacher))
+      )
     splits[split] = examples
   return splits

@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths into ../shared and the tiny T5 of the t5x reference."""
+"""Shared test fixtures: reference paths and the t5x reference's tiny T5."""
 
 import os
 from pathlib import Path
@@ -20,6 +20,14 @@ DATASETS_DIR = SHARED_DIR / 'data' / 'datasets'
 def tiny_config() -> network.T5Config:
   """The configuration of ../shared/reference/t5x_tiny (its README)."""
   return network.T5Config(
-      vocab_size=384, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
-      mlp_activations=('gelu', 'linear'), num_encoder_layers=2,
-      num_decoder_layers=2, dropout_rate=0.0, logits_via_embedding=False)
+    vocab_size=384,
+    emb_dim=32,
+    num_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    mlp_activations=('gelu', 'linear'),
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    dropout_rate=0.0,
+    logits_via_embedding=False,
+  )

@@ -2,11 +2,14 @@
 
 import pytest
 
-from tasks import arithmetic, metrics
+from tasks import arithmetic
+from tasks import metrics
 from tasks.arithmetic import ExpressionError
 
 
-@pytest.mark.parametrize('text, value', [
+@pytest.mark.parametrize(
+  'text, value',
+  [
     ('( 10.0 - ( 6.0 + 3.0 ) )', 1.0),
     ('(10 - (3 + 6))', 1.0),
     ('( 84.0 / 2.0 )', 42.0),
@@ -17,12 +20,15 @@ from tasks.arithmetic import ExpressionError
     ('-3 * -(2 - 5)', -9.0),
     ('--4', 4.0),
     (' .5 * 4 ', 2.0),
-])
+  ],
+)
 def test_values(text, value):
   assert arithmetic.evaluate(text) == value
 
 
-@pytest.mark.parametrize('text', [
+@pytest.mark.parametrize(
+  'text',
+  [
     "__import__('os').system('x')",
     '2**999999',
     '2 ** 3',
@@ -44,7 +50,8 @@ def test_values(text, value):
     '-' * 200 + '1',
     '1' + ' + 1' * 400,  # too long
     '٣',  # digits are ASCII only
-])
+  ],
+)
 def test_rejected(text):
   with pytest.raises(ExpressionError):
     arithmetic.evaluate(text)
@@ -65,8 +72,13 @@ def test_label_accuracy_is_a_fraction_of_exact_matches_after_strip():
 
 
 def test_equation_accuracy_compares_values():
-  targets = ['( 10.0 - ( 6.0 + 3.0 ) )', '( 0.1 + 0.2 )', '( 2.0 * 3.0 )',
-             '( 1.0 + 1.0 )', '( 5.0 )']
+  targets = [
+    '( 10.0 - ( 6.0 + 3.0 ) )',
+    '( 0.1 + 0.2 )',
+    '( 2.0 * 3.0 )',
+    '( 1.0 + 1.0 )',
+    '( 5.0 )',
+  ]
   predictions = ['(10 - (3 + 6))', '0.3', '(2 * 4)', 'import os', '']
   assert 0.1 + 0.2 != 0.3  # equal only within the tolerance
   assert metrics.equation_accuracy(targets, predictions) == {'accuracy': 0.4}

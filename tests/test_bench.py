@@ -26,8 +26,11 @@ def _load_bench():
 
 def _kernel_sizes(tree) -> int:
   leaves = jax.tree_util.tree_leaves_with_path(tree)
-  return sum(leaf.size for path, leaf in leaves
-             if jax.tree_util.keystr(path).endswith("['kernel']"))
+  return sum(
+    leaf.size
+    for path, leaf in leaves
+    if jax.tree_util.keystr(path).endswith("['kernel']")
+  )
 
 
 def test_model_flops_count_every_kernel_once_per_token(tiny_config):
@@ -36,13 +39,14 @@ def test_model_flops_count_every_kernel_once_per_token(tiny_config):
   6 x kernel parameters x tokens, per stack."""
   length, batch = 16, 3
   tokens = jnp.ones((1, length), jnp.int32)
-  init = functools.partial(network.Transformer(tiny_config).init,
-                           enable_dropout=False)
-  params = jax.eval_shape(init, jax.random.PRNGKey(0), tokens, tokens,
-                          tokens)['params']
+  init = functools.partial(
+    network.Transformer(tiny_config).init, enable_dropout=False
+  )
+  params = jax.eval_shape(init, jax.random.PRNGKey(0), tokens, tokens, tokens)[
+    'params'
+  ]
   params = nn.unbox(params)
-  flops = _load_bench().model_flops_per_step(tiny_config, batch, length,
-                                             length)
+  flops = _load_bench().model_flops_per_step(tiny_config, batch, length, length)
   cfg = tiny_config
   # Scores and values of one attention (decoder layers have two).
   attention = 6 * batch * 2 * length * length * cfg.num_heads * cfg.head_dim
@@ -54,24 +58,46 @@ def test_model_flops_count_every_kernel_once_per_token(tiny_config):
 
 
 def test_bench_prints_positive_measurements(tmp_path):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env = {
+    **os.environ,
+    'JAX_PLATFORMS': 'cpu',
+    'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+  }
   result = subprocess.run(
-      [sys.executable, str(BENCH), '--gin_file=runs/dsbs.gin',
-       '--gin_file=models/t5_1_1_tiny.gin', "--gin.DATASET='synthetic'",
-       '--gin.BATCH_SIZE=8',
-       "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 64}",
-       '--warmup_steps=2', '--steps=3', '--measure_peak',
-       '--peak_matmul_size=256'],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-      check=False)
+    [
+      sys.executable,
+      str(BENCH),
+      '--gin_file=runs/dsbs.gin',
+      '--gin_file=models/t5_1_1_tiny.gin',
+      "--gin.DATASET='synthetic'",
+      '--gin.BATCH_SIZE=8',
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 64}",
+      '--warmup_steps=2',
+      '--steps=3',
+      '--measure_peak',
+      '--peak_matmul_size=256',
+    ],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   values = dict(re.findall(r'^(\w+): (\S+)', result.stdout, re.MULTILINE))
-  for name in ('compile_seconds', 'steps_per_second', 'examples_per_second',
-               'target_tokens_per_second', 'model_flops_per_step',
-               'xla_flops_per_step', 'peak_tflops_per_device',
-               'model_flops_utilisation', 'xla_flops_utilisation',
-               'xla_memory_bytes_per_device'):
+  for name in (
+    'compile_seconds',
+    'steps_per_second',
+    'examples_per_second',
+    'target_tokens_per_second',
+    'model_flops_per_step',
+    'xla_flops_per_step',
+    'peak_tflops_per_device',
+    'model_flops_utilisation',
+    'xla_flops_utilisation',
+    'xla_memory_bytes_per_device',
+  ):
     assert float(values[name]) > 0, (name, result.stdout)
   # The CPU backend reports no memory statistics; accelerators do.
   peak_memory = values['peak_memory_bytes_per_device']

@@ -10,6 +10,7 @@ import pickle
 import shutil
 import zipfile
 
+from conftest import T5X_TINY_DIR
 from etils import epath
 from flax import linen as nn
 from flax import serialization
@@ -23,7 +24,6 @@ import tensorstore as ts
 import torch
 import transformers
 
-from conftest import T5X_TINY_DIR
 from dsbs_jax import checkpoints
 from dsbs_jax import network
 
@@ -33,14 +33,19 @@ def _flat(tree):
 
 
 def test_t5x_legacy_and_orbax_checkpoints_load_the_same_tree(tiny_config):
-  legacy = _flat(checkpoints.load_params(
-      T5X_TINY_DIR / 'legacy_checkpoint_400', tiny_config))
-  orbax = _flat(checkpoints.load_params(
-      T5X_TINY_DIR / 'orbax_checkpoint_400', tiny_config))
+  legacy = _flat(
+    checkpoints.load_params(T5X_TINY_DIR / 'legacy_checkpoint_400', tiny_config)
+  )
+  orbax = _flat(
+    checkpoints.load_params(T5X_TINY_DIR / 'orbax_checkpoint_400', tiny_config)
+  )
 
   tokens = jnp.zeros((2, 5), jnp.int32)
-  init = jax.eval_shape(lambda: network.Transformer(tiny_config).init(
-      jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False))
+  init = jax.eval_shape(
+    lambda: network.Transformer(tiny_config).init(
+      jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False
+    )
+  )
   expected = {k: v.shape for k, v in _flat(nn.unbox(init['params'])).items()}
 
   assert {k: v.shape for k, v in legacy.items()} == expected
@@ -51,14 +56,19 @@ def test_t5x_legacy_and_orbax_checkpoints_load_the_same_tree(tiny_config):
 
 
 def test_misshapen_t5x_checkpoint_names_the_parameter(tiny_config):
-  with pytest.raises(ValueError, match=r'encoder/layers_0/mlp/wi_0/kernel has '
-                     r'shape \(32, 64\), expected \(32, 48\)'):
-    checkpoints.load_params(T5X_TINY_DIR / 'legacy_checkpoint_400',
-                            tiny_config.replace(mlp_dim=48))
+  with pytest.raises(
+    ValueError,
+    match=r'encoder/layers_0/mlp/wi_0/kernel has '
+    r'shape \(32, 64\), expected \(32, 48\)',
+  ):
+    checkpoints.load_params(
+      T5X_TINY_DIR / 'legacy_checkpoint_400', tiny_config.replace(mlp_dim=48)
+    )
 
 
 def test_legacy_checkpoint_moved_with_inline_and_old_style_leaves(
-    tiny_config, tmp_path):
+  tiny_config, tmp_path
+):
   """Specs are relative to wherever the checkpoint lies now; small leaves may
   be inline; tensorstore < 0.1.14 specs carry the path outside the kvstore."""
   original = T5X_TINY_DIR / 'legacy_checkpoint_400'
@@ -68,7 +78,8 @@ def test_legacy_checkpoint_moved_with_inline_and_old_style_leaves(
   state = serialization.msgpack_restore((moved / 'checkpoint').read_bytes())
   target = state['optimizer']['target']
   target['encoder']['encoder_norm']['scale'] = expected[
-      ('encoder', 'encoder_norm', 'scale')]
+    ('encoder', 'encoder_norm', 'scale')
+  ]
   shutil.rmtree(moved / 'target.encoder.encoder_norm.scale')
   old_style = target['decoder']['relpos_bias']['rel_embedding']
   old_style['path'] = old_style['kvstore'].pop('path')
@@ -82,14 +93,20 @@ def test_legacy_checkpoint_moved_with_inline_and_old_style_leaves(
 
 
 def test_legacy_spec_under_gcs_directory_reads_from_its_bucket():
-  leaf = {'driver': 'zarr', 'dtype': 'float32',
-          'kvstore': {'driver': 'file', 'path': 'target.a.kernel/'},
-          'metadata': {'shape': [3]}}
-  spec = checkpoints._absolute_spec(epath.Path('gs://bkt/run/checkpoint_5'),
-                                    leaf)
+  leaf = {
+    'driver': 'zarr',
+    'dtype': 'float32',
+    'kvstore': {'driver': 'file', 'path': 'target.a.kernel/'},
+    'metadata': {'shape': [3]},
+  }
+  spec = checkpoints._absolute_spec(
+    epath.Path('gs://bkt/run/checkpoint_5'), leaf
+  )
   assert ts.Spec(spec).kvstore.to_json() == {
-      'driver': 'gcs', 'bucket': 'bkt',
-      'path': 'run/checkpoint_5/target.a.kernel/'}
+    'driver': 'gcs',
+    'bucket': 'bkt',
+    'path': 'run/checkpoint_5/target.a.kernel/',
+  }
 
 
 # --- HuggingFace --------------------------------------------------------------
@@ -97,13 +114,30 @@ def test_legacy_spec_under_gcs_directory_reads_from_its_bucket():
 # T5.1.1 (gated GELU, separate lm_head, more decoder than encoder layers) and
 # T5 1.0 (ReLU, tied embedding, num_heads * d_kv != d_model, few buckets).
 _HF_CONFIGS = {
-    't5_1_1': dict(vocab_size=100, d_model=32, num_heads=4, d_kv=8, d_ff=64,
-                   num_layers=2, num_decoder_layers=3,
-                   feed_forward_proj='gated-gelu', tie_word_embeddings=False),
-    't5_1_0': dict(vocab_size=100, d_model=32, num_heads=4, d_kv=16, d_ff=64,
-                   num_layers=2, num_decoder_layers=2, feed_forward_proj='relu',
-                   tie_word_embeddings=True, relative_attention_num_buckets=8,
-                   relative_attention_max_distance=20),
+  't5_1_1': dict(
+    vocab_size=100,
+    d_model=32,
+    num_heads=4,
+    d_kv=8,
+    d_ff=64,
+    num_layers=2,
+    num_decoder_layers=3,
+    feed_forward_proj='gated-gelu',
+    tie_word_embeddings=False,
+  ),
+  't5_1_0': dict(
+    vocab_size=100,
+    d_model=32,
+    num_heads=4,
+    d_kv=16,
+    d_ff=64,
+    num_layers=2,
+    num_decoder_layers=2,
+    feed_forward_proj='relu',
+    tie_word_embeddings=True,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=20,
+  ),
 }
 
 
@@ -119,7 +153,8 @@ def _hf_model(variant: str) -> transformers.T5ForConditionalGeneration:
   if not _HF_CONFIGS[variant]['tie_word_embeddings']:
     # transformers 5 ties lm_head to `shared` regardless: untie by hand.
     model.lm_head.weight = torch.nn.Parameter(
-        torch.randn_like(model.shared.weight))
+      torch.randn_like(model.shared.weight)
+    )
   return model
 
 
@@ -146,8 +181,11 @@ def _batch(vocab_size: int) -> dict[str, np.ndarray]:
     tgt[row, :n_out] = rng.integers(2, vocab_size, n_out)
   dec = np.zeros_like(tgt)
   dec[:, 1:] = tgt[:, :-1]  # decoder start token 0
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec,
-          'decoder_target_tokens': tgt}
+  return {
+    'encoder_input_tokens': enc,
+    'decoder_input_tokens': dec,
+    'decoder_target_tokens': tgt,
+  }
 
 
 @pytest.mark.parametrize('weights', ['safetensors', 'bin'])
@@ -157,19 +195,24 @@ def test_hf_weights_give_hf_logits(hf_model, weights):
   config = checkpoints.config_from_hf(folder)
   params = checkpoints.load_params(folder, config)
   assert ('logits_dense' in params['decoder']) == (
-      not config.logits_via_embedding)
+    not config.logits_via_embedding
+  )
 
   batch = _batch(config.vocab_size)
-  ours = network.Transformer(config).apply({'params': params}, **batch,
-                                           enable_dropout=False)
+  ours = network.Transformer(config).apply(
+    {'params': params}, **batch, enable_dropout=False
+  )
   enc = torch.from_numpy(batch['encoder_input_tokens']).long()
   with torch.no_grad():
-    theirs = model(input_ids=enc, attention_mask=(enc != 0).long(),
-                   decoder_input_ids=torch.from_numpy(
-                       batch['decoder_input_tokens']).long()).logits.numpy()
+    theirs = model(
+      input_ids=enc,
+      attention_mask=(enc != 0).long(),
+      decoder_input_ids=torch.from_numpy(batch['decoder_input_tokens']).long(),
+    ).logits.numpy()
   real = batch['decoder_target_tokens'] != 0  # padding positions differ
-  np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], rtol=0,
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(ours)[real], theirs[real], rtol=0, atol=1e-4
+  )
 
 
 def _edited_copy(folder, destination, edit):
@@ -184,22 +227,29 @@ def _edited_copy(folder, destination, edit):
 def test_hf_missing_tensor_is_named(hf_model, tmp_path):
   name = 'decoder.block.1.layer.2.DenseReluDense.wo.weight'
   folder = _edited_copy(hf_model[1], tmp_path / 'm', lambda t: t.pop(name))
-  with pytest.raises(ValueError, match=rf'missing tensor {name} \(t5x '
-                     r'decoder/layers_1/mlp/wo/kernel'):
+  with pytest.raises(
+    ValueError,
+    match=rf'missing tensor {name} \(t5x '
+    r'decoder/layers_1/mlp/wo/kernel',
+  ):
     checkpoints.load_params(folder)
 
 
 def test_hf_misshapen_tensor_is_named(hf_model, tmp_path):
   name = 'encoder.block.1.layer.0.SelfAttention.k.weight'
-  inner = (hf_model[0].config.num_heads * hf_model[0].config.d_kv)
+  inner = hf_model[0].config.num_heads * hf_model[0].config.d_kv
 
   def shrink(tensors):
     tensors[name] = tensors[name][:-1]
 
   folder = _edited_copy(hf_model[1], tmp_path / 'm', shrink)
-  with pytest.raises(ValueError, match=(
+  with pytest.raises(
+    ValueError,
+    match=(
       rf'tensor {name} \(t5x encoder/layers_1/attention/key/kernel\) has '
-      rf'shape \({inner - 1}, 32\); config.json implies \({inner}, 32\)')):
+      rf'shape \({inner - 1}, 32\); config.json implies \({inner}, 32\)'
+    ),
+  ):
     checkpoints.load_params(folder)
 
 
@@ -208,7 +258,8 @@ def test_hf_unknown_tensor_is_named(hf_model, tmp_path):
 
   def add(tensors):
     tensors[name] = tensors[
-        'encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight']
+      'encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight'
+    ]
 
   folder = _edited_copy(hf_model[1], tmp_path / 'm', add)
   with pytest.raises(ValueError, match=rf'not in a T5 of this config: {name}'):
@@ -218,14 +269,14 @@ def test_hf_unknown_tensor_is_named(hf_model, tmp_path):
 def test_torch_state_dict_views_and_dtypes_match_torch(tmp_path):
   base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
   state = {
-      'matrix': base,
-      'transposed': base.t(),  # shares the storage, other strides
-      'row': base[2],  # storage offset
-      'strided': base[1:, ::2],
-      'half': torch.randn(3, 5).half(),
-      'bf16': torch.randn(7).bfloat16(),
-      'scalar': torch.tensor(3.5),
-      'empty': torch.zeros(0, 4),
+    'matrix': base,
+    'transposed': base.t(),  # shares the storage, other strides
+    'row': base[2],  # storage offset
+    'strided': base[1:, ::2],
+    'half': torch.randn(3, 5).half(),
+    'bf16': torch.randn(7).bfloat16(),
+    'scalar': torch.tensor(3.5),
+    'empty': torch.zeros(0, 4),
   }
   torch.save(state, tmp_path / 'w.bin')
   loaded = checkpoints.load_torch_state_dict(tmp_path / 'w.bin')
@@ -233,12 +284,12 @@ def test_torch_state_dict_views_and_dtypes_match_torch(tmp_path):
   for name, tensor in state.items():
     expected = tensor.float().numpy()
     assert loaded[name].shape == expected.shape, name
-    np.testing.assert_array_equal(loaded[name].astype(np.float32), expected,
-                                  err_msg=name)
+    np.testing.assert_array_equal(
+      loaded[name].astype(np.float32), expected, err_msg=name
+    )
 
 
 class _RunsShell:
-
   def __init__(self, marker):
     self.marker = marker
 
@@ -252,11 +303,15 @@ def test_bin_with_foreign_global_is_refused_unexecuted(hf_model, tmp_path):
   folder.mkdir()
   shutil.copy(hf_model[2] / 'config.json', folder)
   with zipfile.ZipFile(folder / 'pytorch_model.bin', 'w') as archive:
-    archive.writestr('archive/data.pkl',
-                     pickle.dumps({'shared.weight': _RunsShell(marker)},
-                                  protocol=2))
-  with pytest.raises(pickle.UnpicklingError, match=r'refusing to load '
-                     rf'{os.system.__module__}\.system'):
+    archive.writestr(
+      'archive/data.pkl',
+      pickle.dumps({'shared.weight': _RunsShell(marker)}, protocol=2),
+    )
+  with pytest.raises(
+    pickle.UnpicklingError,
+    match=r'refusing to load '
+    rf'{os.system.__module__}\.system',
+  ):
     checkpoints.load_params(folder)
   assert not marker.exists()
 
@@ -267,15 +322,31 @@ def test_hf_config_json_maps_to_t5_config(hf_model):
   with open(safe_dir / 'config.json') as f:
     written = json.load(f)
   config = checkpoints.config_from_hf(safe_dir)
-  assert (config.vocab_size, config.emb_dim, config.num_heads,
-          config.head_dim, config.mlp_dim, config.num_encoder_layers,
-          config.num_decoder_layers, config.num_buckets, config.max_distance,
-          config.layer_norm_epsilon, config.dropout_rate) == (
-              hf.vocab_size, hf.d_model, hf.num_heads, hf.d_kv, hf.d_ff,
-              hf.num_layers, hf.num_decoder_layers,
-              hf.relative_attention_num_buckets,
-              hf.relative_attention_max_distance, hf.layer_norm_epsilon,
-              hf.dropout_rate)
+  assert (
+    config.vocab_size,
+    config.emb_dim,
+    config.num_heads,
+    config.head_dim,
+    config.mlp_dim,
+    config.num_encoder_layers,
+    config.num_decoder_layers,
+    config.num_buckets,
+    config.max_distance,
+    config.layer_norm_epsilon,
+    config.dropout_rate,
+  ) == (
+    hf.vocab_size,
+    hf.d_model,
+    hf.num_heads,
+    hf.d_kv,
+    hf.d_ff,
+    hf.num_layers,
+    hf.num_decoder_layers,
+    hf.relative_attention_num_buckets,
+    hf.relative_attention_max_distance,
+    hf.layer_norm_epsilon,
+    hf.dropout_rate,
+  )
   gated = written['feed_forward_proj'] == 'gated-gelu'
   assert config.mlp_activations == (('gelu', 'linear') if gated else ('relu',))
   assert config.logits_via_embedding == hf.scale_decoder_outputs

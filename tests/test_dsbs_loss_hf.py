@@ -28,11 +28,21 @@ from dsbs_jax import trainer as trainer_lib
 from tasks.feature_converters import DistillStepByStepFeatureConverter
 
 # T5.1.1: gated GELU, untied lm_head; more decoder than encoder layers.
-HF_CONFIG = dict(vocab_size=64, d_model=16, num_heads=4, d_kv=4, d_ff=32,
-                 num_layers=1, num_decoder_layers=2,
-                 feed_forward_proj='gated-gelu', tie_word_embeddings=False,
-                 dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-                 decoder_start_token_id=0)  # transformers 5 leaves it unset
+HF_CONFIG = dict(
+  vocab_size=64,
+  d_model=16,
+  num_heads=4,
+  d_kv=4,
+  d_ff=32,
+  num_layers=1,
+  num_decoder_layers=2,
+  feed_forward_proj='gated-gelu',
+  tie_word_embeddings=False,
+  dropout_rate=0.0,
+  pad_token_id=0,
+  eos_token_id=1,
+  decoder_start_token_id=0,
+)  # transformers 5 leaves it unset
 LENGTHS = {'inputs': 14, 'targets': 12}
 LABEL_PREFIX, RATIONALE_PREFIX = 2, 3  # stand-ins for the task prefixes
 NUM_INPUTS = 6
@@ -44,14 +54,16 @@ def hf_and_ours(tmp_path_factory):
   """(HF model in float64, our config, our params) with the same weights."""
   torch.manual_seed(0)
   model = transformers.T5ForConditionalGeneration(
-      transformers.T5Config(**HF_CONFIG)).eval()
+    transformers.T5Config(**HF_CONFIG)
+  ).eval()
   with torch.no_grad():
     for name, param in model.named_parameters():
       if 'layer_norm' in name:  # distinct scales, not all ones
         param.uniform_(0.5, 1.5)
   # transformers 5 ties lm_head to `shared` regardless: untie by hand.
   model.lm_head.weight = torch.nn.Parameter(
-      torch.randn_like(model.shared.weight))
+    torch.randn_like(model.shared.weight)
+  )
   folder = tmp_path_factory.mktemp('hf_t5')
   model.save_pretrained(folder)
   config = checkpoints.config_from_hf(folder)
@@ -71,31 +83,43 @@ def _examples() -> list[dict[str, np.ndarray]]:
   for _ in range(NUM_INPUTS):
     text = list(rng.integers(4, HF_CONFIG['vocab_size'], rng.integers(3, 12)))
     for prefix, task, target_length in (
-        (LABEL_PREFIX, 1, rng.integers(1, 4)),
-        (RATIONALE_PREFIX, 2, rng.integers(4, 11))):
+      (LABEL_PREFIX, 1, rng.integers(1, 4)),
+      (RATIONALE_PREFIX, 2, rng.integers(4, 11)),
+    ):
       targets = list(rng.integers(4, HF_CONFIG['vocab_size'], target_length))
-      examples.append({'inputs': np.array([prefix] + text + [1], np.int32),
-                       'targets': np.array(targets + [1], np.int32),
-                       'task': np.int32(task)})
+      examples.append(
+        {
+          'inputs': np.array([prefix] + text + [1], np.int32),
+          'targets': np.array(targets + [1], np.int32),
+          'task': np.int32(task),
+        }
+      )
   return examples
 
 
-def _model_batch(examples, pack: bool, rows_multiple: int = 4
-                 ) -> dict[str, np.ndarray]:
+def _model_batch(
+  examples, pack: bool, rows_multiple: int = 4
+) -> dict[str, np.ndarray]:
   """The feature converter's rows stacked, plus all-padding rows up to a
   multiple of `rows_multiple` (they must not count)."""
-  signature = {'inputs': tf.TensorSpec([None], tf.int32),
-               'targets': tf.TensorSpec([None], tf.int32),
-               'task': tf.TensorSpec([], tf.int32)}
-  dataset = tf.data.Dataset.from_generator(lambda: iter(examples),
-                                           output_signature=signature)
+  signature = {
+    'inputs': tf.TensorSpec([None], tf.int32),
+    'targets': tf.TensorSpec([None], tf.int32),
+    'task': tf.TensorSpec([], tf.int32),
+  }
+  dataset = tf.data.Dataset.from_generator(
+    lambda: iter(examples), output_signature=signature
+  )
   converter = DistillStepByStepFeatureConverter(pack=pack)
   rows = list(converter(dataset, LENGTHS).as_numpy_iterator())
   batch = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
   extra = -len(rows) % rows_multiple
-  return {name: np.concatenate([value, np.zeros((extra,) + value.shape[1:],
-                                                value.dtype)])
-          for name, value in batch.items()}
+  return {
+    name: np.concatenate(
+      [value, np.zeros((extra,) + value.shape[1:], value.dtype)]
+    )
+    for name, value in batch.items()
+  }
 
 
 def _hf_loss(hf_model, examples, task: int) -> float:
@@ -106,13 +130,16 @@ def _hf_loss(hf_model, examples, task: int) -> float:
   input_ids = torch.zeros((len(chosen), n_in), dtype=torch.long)
   labels = torch.full((len(chosen), n_out), -100, dtype=torch.long)
   for row, example in enumerate(chosen):
-    input_ids[row, :len(example['inputs'])] = torch.from_numpy(
-        example['inputs'])
-    labels[row, :len(example['targets'])] = torch.from_numpy(
-        example['targets'])
+    input_ids[row, : len(example['inputs'])] = torch.from_numpy(
+      example['inputs']
+    )
+    labels[row, : len(example['targets'])] = torch.from_numpy(
+      example['targets']
+    )
   with torch.no_grad():
-    out = hf_model(input_ids=input_ids,
-                   attention_mask=(input_ids != 0).long(), labels=labels)
+    out = hf_model(
+      input_ids=input_ids, attention_mask=(input_ids != 0).long(), labels=labels
+    )
   return float(out.loss)
 
 
@@ -121,8 +148,7 @@ def reference(hf_and_ours):
   """(examples, {task: HF loss of that task's batch})."""
   examples = _examples()
   hf_model = hf_and_ours[0]
-  return examples, {task: _hf_loss(hf_model, examples, task)
-                    for task in (1, 2)}
+  return examples, {task: _hf_loss(hf_model, examples, task) for task in (1, 2)}
 
 
 @pytest.fixture(scope='module')
@@ -132,8 +158,9 @@ def model_batches(reference):
 
 
 def _model(config, alpha) -> models.DistillStepByStepModel:
-  return models.DistillStepByStepModel(network.Transformer(config),
-                                       VOCABULARY, VOCABULARY, alpha=alpha)
+  return models.DistillStepByStepModel(
+    network.Transformer(config), VOCABULARY, VOCABULARY, alpha=alpha
+  )
 
 
 def _expected(losses_by_task, alpha):
@@ -157,13 +184,11 @@ def _loss_and_metrics(config, params, batch, alpha, normalizers=None):
 def _check_task_metrics(metrics, losses_by_task):
   values = trainer_lib.compute_metrics(metrics)
   assert values['label_loss'] == pytest.approx(losses_by_task[1], rel=1e-5)
-  assert values['rationale_loss'] == pytest.approx(losses_by_task[2],
-                                                   rel=1e-5)
+  assert values['rationale_loss'] == pytest.approx(losses_by_task[2], rel=1e-5)
 
 
 @pytest.mark.parametrize('pack', [False, True])
-def test_loss_equals_hf_reference(hf_and_ours, reference, model_batches,
-                                  pack):
+def test_loss_equals_hf_reference(hf_and_ours, reference, model_batches, pack):
   _, config, params = hf_and_ours
   examples, losses_by_task = reference
   batch = model_batches[pack]
@@ -175,16 +200,18 @@ def test_loss_equals_hf_reference(hf_and_ours, reference, model_batches,
     assert rows == len(examples)
   for alpha in (0.5, 0.3):
     loss, metrics = _loss_and_metrics(config, params, batch, alpha)
-    assert float(loss) == pytest.approx(_expected(losses_by_task, alpha),
-                                        rel=1e-5), alpha
+    assert float(loss) == pytest.approx(
+      _expected(losses_by_task, alpha), rel=1e-5
+    ), alpha
     _check_task_metrics(metrics, losses_by_task)
   # Not the mean over all tokens of both tasks, nor the plain task mean.
   assert abs(losses_by_task[1] - losses_by_task[2]) > 1e-2
 
 
 @pytest.mark.parametrize('pack', [False, True])
-def test_microbatched_loss_equals_hf_reference(hf_and_ours, reference,
-                                               model_batches, pack):
+def test_microbatched_loss_equals_hf_reference(
+  hf_and_ours, reference, model_batches, pack
+):
   """Two microbatches with the whole batch's normalizers add up to the
   reference, both for the Trainer's interleaved split (unpacked, one
   microbatch holds every label example, the other every rationale) and a
@@ -195,32 +222,41 @@ def test_microbatched_loss_equals_hf_reference(hf_and_ours, reference,
   n = len(batch['decoder_target_tokens'])
   alpha = 0.3
   normalizers = _model(config, alpha).loss_normalizers(batch)
-  for split in ([slice(0, n, 2), slice(1, n, 2)],
-                [slice(0, n // 2), slice(n // 2, n)]):
+  for split in (
+    [slice(0, n, 2), slice(1, n, 2)],
+    [slice(0, n // 2), slice(n // 2, n)],
+  ):
     total, merged = 0.0, None
     for rows in split:
       microbatch = {name: value[rows] for name, value in batch.items()}
-      loss, metrics = _loss_and_metrics(config, params, microbatch, alpha,
-                                        normalizers)
+      loss, metrics = _loss_and_metrics(
+        config, params, microbatch, alpha, normalizers
+      )
       total += float(loss)
-      merged = metrics if merged is None else {
-          name: metric.merge(metrics[name])
-          for name, metric in merged.items()}
+      merged = (
+        metrics
+        if merged is None
+        else {
+          name: metric.merge(metrics[name]) for name, metric in merged.items()
+        }
+      )
     assert total == pytest.approx(_expected(losses_by_task, alpha), rel=1e-5)
     _check_task_metrics(merged, losses_by_task)
 
 
 @pytest.mark.parametrize('pack', [False, True])
-def test_data_parallel_loss_equals_hf_reference(hf_and_ours, reference,
-                                                model_batches, pack):
+def test_data_parallel_loss_equals_hf_reference(
+  hf_and_ours, reference, model_batches, pack
+):
   """On a 4-device data-parallel mesh: `loss_fn` under jit on the sharded
   batch; unpacked, also the Trainer's step with 2 microbatches (learning
   rate 0), in which one microbatch has no rationale tokens at all."""
   _, config, params = hf_and_ours
   examples, losses_by_task = reference
   alpha = 0.3
-  partitioner = partitioning.Partitioner(mesh_shape=(4, 1),
-                                         devices=jax.devices()[:4])
+  partitioner = partitioning.Partitioner(
+    mesh_shape=(4, 1), devices=jax.devices()[:4]
+  )
   host_batch = model_batches[pack]
   batch = partitioner.shard_full_batch(host_batch)
   rows = len(host_batch['decoder_target_tokens'])
@@ -233,27 +269,36 @@ def test_data_parallel_loss_equals_hf_reference(hf_and_ours, reference,
   replicated = jax.device_put(params, partitioner.replicated)
   with partitioner.activation_context():
     loss, metrics = jax.jit(lambda p, b: model.loss_fn(p, b, None))(
-        replicated, batch)
-  assert float(loss) == pytest.approx(_expected(losses_by_task, alpha),
-                                      rel=1e-5)
+      replicated, batch
+    )
+  assert float(loss) == pytest.approx(
+    _expected(losses_by_task, alpha), rel=1e-5
+  )
   _check_task_metrics(metrics, losses_by_task)
   if pack:  # the microbatched Trainer step is compiled once, unpacked
     return
 
-  trainer = trainer_lib.Trainer(model, partitioner, optax.sgd(0.0),
-                                num_microbatches=2)
+  trainer = trainer_lib.Trainer(
+    model, partitioner, optax.sgd(0.0), num_microbatches=2
+  )
   shapes = {name: value.shape for name, value in host_batch.items()}
   state = trainer.init_state(shapes, params)
   state, metrics = trainer.train_step(state, batch)
   values = trainer_lib.compute_metrics(metrics)
-  assert values['loss'] == pytest.approx(_expected(losses_by_task, alpha),
-                                         rel=1e-5)
+  assert values['loss'] == pytest.approx(
+    _expected(losses_by_task, alpha), rel=1e-5
+  )
   _check_task_metrics(metrics, losses_by_task)
   assert values['label_tokens'] == sum(
-      len(e['targets']) for e in examples if e['task'] == 1)
+    len(e['targets']) for e in examples if e['task'] == 1
+  )
   assert values['rationale_tokens'] == sum(
-      len(e['targets']) for e in examples if e['task'] == 2)
+    len(e['targets']) for e in examples if e['task'] == 2
+  )
   # Learning rate 0: the parameters did not move.
-  leaves = zip(jax.tree.leaves(jax.device_get(state.params)),
-               jax.tree.leaves(params))
+  leaves = zip(
+    jax.tree.leaves(jax.device_get(state.params)),
+    jax.tree.leaves(params),
+    strict=False,
+  )
   assert all(np.array_equal(a, b) for a, b in leaves)

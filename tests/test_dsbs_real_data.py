@@ -8,13 +8,13 @@ predictions file with generated rationales.
 import functools
 import json
 
+from conftest import DATASETS_DIR
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
 
-from conftest import DATASETS_DIR
 from dsbs_jax import checkpoints
 from dsbs_jax import data
 from dsbs_jax import decoding
@@ -28,43 +28,61 @@ import tasks
 
 @pytest.mark.parametrize('dataset', ['svamp', 'cqa'])
 def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
-    tmp_path, tiny_config, dataset):
+  tmp_path, tiny_config, dataset
+):
   vocabulary = seqio.ByteVocabulary()
-  task = tasks.dsbs_task(dataset, data_dir=str(DATASETS_DIR),
-                         vocabulary=vocabulary)
+  task = tasks.dsbs_task(
+    dataset, data_dir=str(DATASETS_DIR), vocabulary=vocabulary
+  )
   model = models.DistillStepByStepModel(
-      network.Transformer(tiny_config), vocabulary, vocabulary, alpha=0.5,
-      decode_fn=functools.partial(decoding.temperature_sample,
-                                  temperature=0.0))
+    network.Transformer(tiny_config),
+    vocabulary,
+    vocabulary,
+    alpha=0.5,
+    decode_fn=functools.partial(decoding.temperature_sample, temperature=0.0),
+  )
   lengths = {'inputs': 256, 'targets': 64}
   one_device = partitioning.Partitioner(devices=jax.devices()[:1])
-  train_config = data.DatasetConfig(task, lengths, split='train',
-                                    batch_size=8)
-  state = train.train(model=model, train_dataset=train_config,
-                      model_dir=str(tmp_path), train_steps=4,
-                      partitioner=one_device, checkpoint_period=4,
-                      log_period=1)
+  train_config = data.DatasetConfig(task, lengths, split='train', batch_size=8)
+  state = train.train(
+    model=model,
+    train_dataset=train_config,
+    model_dir=str(tmp_path),
+    train_steps=4,
+    partitioner=one_device,
+    checkpoint_period=4,
+    log_period=1,
+  )
   assert int(state.step) == 4
 
   # The checkpoint restores as bfloat16 parameters for inference.
-  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                        state.params)
+  shapes = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state.params
+  )
   shardings = jax.tree.map(lambda x: x.sharding, state.params)
-  params, step = checkpoints.restore_params(str(tmp_path), shapes, shardings,
-                                            tiny_config, 'bfloat16')
+  params, step = checkpoints.restore_params(
+    str(tmp_path), shapes, shardings, tiny_config, 'bfloat16'
+  )
   assert step == 4
-  for restored, trained in zip(jax.tree.leaves(params),
-                               jax.tree.leaves(state.params)):
+  for restored, trained in zip(
+    jax.tree.leaves(params), jax.tree.leaves(state.params), strict=False
+  ):
     assert restored.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(restored, np.float32), trained,
-                               rtol=1e-2, atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(restored, np.float32), trained, rtol=1e-2, atol=1e-6
+    )
 
-  eval_config = data.DatasetConfig(task, lengths, split='test', batch_size=8,
-                                   shuffle=False)
-  results = eval_lib.evaluate(model=model, dataset=eval_config,
-                              model_dir=str(tmp_path), num_examples=8,
-                              partitioner=one_device,
-                              rationale_prefix='[rationale] ')
+  eval_config = data.DatasetConfig(
+    task, lengths, split='test', batch_size=8, shuffle=False
+  )
+  results = eval_lib.evaluate(
+    model=model,
+    dataset=eval_config,
+    model_dir=str(tmp_path),
+    num_examples=8,
+    partitioner=one_device,
+    rationale_prefix='[rationale] ',
+  )
   metrics = json.loads((tmp_path / 'eval_test' / 'metrics.json').read_text())
   assert metrics['step'] == 4
   assert metrics['metrics'] == results
@@ -74,12 +92,15 @@ def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
   records = [json.loads(line) for line in lines.splitlines()]
   assert len(records) == 8
   first = json.loads(
-      (DATASETS_DIR / dataset / f'{dataset}_test.json').read_text()
-      .splitlines()[0])
+    (DATASETS_DIR / dataset / f'{dataset}_test.json')
+    .read_text()
+    .splitlines()[0]
+  )
   # Ground-truth targets, in the split's order, and rationales on request.
   want = first['label'] if dataset == 'svamp' else first['answer']
   assert records[0]['target'] == want
   for record in records:
     assert record['input'].startswith('[label] ')
     assert {'prediction', 'rationale', 'teacher_rationale', 'score'} <= set(
-        record)
+      record
+    )

@@ -22,12 +22,17 @@ def test_readme_main_job_trains_evaluates_and_writes_rationales(tmp_path):
   binary, *args = readme_main_job_command()
   assert binary == 'dsbs-train'
   result = subprocess.run(
-      [binary, *args, f"--gin.MODEL_DIR='{tmp_path}'"],
-      capture_output=True, text=True, env=test_binaries.binary_env(),
-      timeout=1200, check=False)
+    [binary, *args, f"--gin.MODEL_DIR='{tmp_path}'"],
+    capture_output=True,
+    text=True,
+    env=test_binaries.binary_env(),
+    timeout=1200,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
-  accuracy = re.search(r'\(test, step \d+\): accuracy = ([0-9.]+)',
-                       result.stdout)
+  accuracy = re.search(
+    r'\(test, step \d+\): accuracy = ([0-9.]+)', result.stdout
+  )
   assert accuracy, result.stdout
   # Learnt, not guessed: the synthetic answers are numbers up to 18.
   assert float(accuracy.group(1)) > 0.5

@@ -2,11 +2,11 @@
 
 import functools
 
+from conftest import T5X_TINY_DIR
 import numpy as np
 import pytest
 import seqio
 
-from conftest import T5X_TINY_DIR
 from dsbs_jax import checkpoints
 from dsbs_jax import decoding
 from dsbs_jax import losses
@@ -23,14 +23,18 @@ def _encode(texts, length):
   vocabulary = seqio.ByteVocabulary()
   out = np.zeros((len(texts), length), np.int32)
   for i, text in enumerate(texts):
-    ids = vocabulary.encode(text)[:length - 1] + [1]
-    out[i, :len(ids)] = ids
+    ids = vocabulary.encode(text)[: length - 1] + [1]
+    out[i, : len(ids)] = ids
   return out
 
 
 # Inputs of very different lengths in one batch.
-_INPUTS = ['[label] q5', '[rationale] q12', '[label] q41 with padding words',
-           '[rationale] q3']
+_INPUTS = [
+  '[label] q5',
+  '[rationale] q12',
+  '[label] q41 with padding words',
+  '[rationale] q3',
+]
 
 
 def _uncached_greedy(module, params, encoder_tokens, length):
@@ -42,8 +46,13 @@ def _uncached_greedy(module, params, encoder_tokens, length):
     decoder_inputs[:, 1:] = decoded[:, :-1]
     # Targets only mark which positions are real for the decoder's masks.
     targets = np.ones_like(decoded)
-    logits = module.apply({'params': params}, encoder_tokens, decoder_inputs,
-                          targets, enable_dropout=False)
+    logits = module.apply(
+      {'params': params},
+      encoder_tokens,
+      decoder_inputs,
+      targets,
+      enable_dropout=False,
+    )
     token = np.where(done, 0, np.argmax(np.asarray(logits[:, t]), -1))
     decoded[:, t] = token
     done |= token == 1
@@ -54,11 +63,16 @@ def test_cached_greedy_equals_uncached_argmax(tiny_config, params):
   module = network.Transformer(tiny_config)
   vocabulary = seqio.ByteVocabulary()
   model = models.EncoderDecoderModel(
-      module, vocabulary, vocabulary,
-      decode_fn=functools.partial(decoding.temperature_sample, temperature=0.0))
+    module,
+    vocabulary,
+    vocabulary,
+    decode_fn=functools.partial(decoding.temperature_sample, temperature=0.0),
+  )
   encoder_tokens = _encode(_INPUTS, 24)
-  batch = {'encoder_input_tokens': encoder_tokens,
-           'decoder_input_tokens': np.zeros((4, 12), np.int32)}
+  batch = {
+    'encoder_input_tokens': encoder_tokens,
+    'decoder_input_tokens': np.zeros((4, 12), np.int32),
+  }
   cached = np.asarray(model.predict_batch(params, batch))
   uncached = _uncached_greedy(module, params, encoder_tokens, 12)
   np.testing.assert_array_equal(cached, uncached)
@@ -76,17 +90,30 @@ def test_cached_step_logits_equal_full_forward(tiny_config, params):
   targets = _encode(['a2', '12 mod 3 = 0', 'a2', '3 mod 3 = 0'], 10)
   decoder_inputs = np.zeros_like(targets)
   decoder_inputs[:, 1:] = targets[:, :-1]
-  full = module.apply({'params': params}, encoder_tokens, decoder_inputs,
-                      np.ones_like(targets), enable_dropout=False)
+  full = module.apply(
+    {'params': params},
+    encoder_tokens,
+    decoder_inputs,
+    np.ones_like(targets),
+    enable_dropout=False,
+  )
   cache = model._initial_cache(encoder_tokens.shape, targets.shape)
-  encoded = module.apply({'params': params}, encoder_tokens,
-                         enable_dropout=False, method=module.encode)
+  encoded = module.apply(
+    {'params': params},
+    encoder_tokens,
+    enable_dropout=False,
+    method=module.encode,
+  )
   for t in range(targets.shape[1]):
-    state = decoding.DecodingState(cur_index=None, sequences=None,
-                                   cur_token=decoder_inputs[:, t:t + 1],
-                                   cache=cache)
+    state = decoding.DecodingState(
+      cur_index=None,
+      sequences=None,
+      cur_token=decoder_inputs[:, t : t + 1],
+      cache=cache,
+    )
     logits, cache = model._compute_logits_from_slice(
-        state, params, encoded, encoder_tokens, targets.shape[1])
+      state, params, encoded, encoder_tokens, targets.shape[1]
+    )
     np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
 
 
@@ -97,16 +124,20 @@ def test_score_batch_is_the_negative_summed_cross_entropy(tiny_config, params):
   targets = _encode(['a2', '12 mod 3 = 0', 'a1', 'zz'], 12)
   decoder_inputs = np.zeros_like(targets)
   decoder_inputs[:, 1:] = targets[:, :-1]
-  batch = {'encoder_input_tokens': _encode(_INPUTS, 24),
-           'decoder_input_tokens': decoder_inputs,
-           'decoder_target_tokens': targets}
+  batch = {
+    'encoder_input_tokens': _encode(_INPUTS, 24),
+    'decoder_input_tokens': decoder_inputs,
+    'decoder_target_tokens': targets,
+  }
   scores = np.asarray(model.score_batch(params, batch))
-  logits = np.asarray(module.apply({'params': params}, **batch,
-                                   enable_dropout=False), np.float64)
+  logits = np.asarray(
+    module.apply({'params': params}, **batch, enable_dropout=False), np.float64
+  )
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
-  np.testing.assert_allclose(scores, (picked * (targets > 0)).sum(-1),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    scores, (picked * (targets > 0)).sum(-1), rtol=1e-5
+  )
   assert np.all(scores < 0)
 
 
@@ -114,8 +145,9 @@ def test_label_smoothing_and_z_loss_follow_t5x_definitions():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(2, 3, 7)).astype(np.float32)
   targets = rng.integers(0, 7, (2, 3))
-  loss, z = losses.token_cross_entropy(logits, targets, label_smoothing=0.1,
-                                       z_loss=1e-4)
+  loss, z = losses.token_cross_entropy(
+    logits, targets, label_smoothing=0.1, z_loss=1e-4
+  )
   log_z = np.log(np.exp(logits.astype(np.float64)).sum(-1))
   log_p = logits - log_z[..., None]
   soft = np.full(logits.shape, 0.1 / 6)

@@ -1,4 +1,4 @@
-"""Network behaviour that does not depend on a checkpoint: packing, padding, logical axes."""
+"""Network behaviour without a checkpoint: packing, padding, logical axes."""
 
 import functools
 
@@ -13,9 +13,13 @@ from dsbs_jax import network
 
 def _init(config, batch):
   module = network.Transformer(config)
-  variables = module.init(jax.random.PRNGKey(0), batch['encoder_input_tokens'],
-                          batch['decoder_input_tokens'],
-                          batch['decoder_target_tokens'], enable_dropout=False)
+  variables = module.init(
+    jax.random.PRNGKey(0),
+    batch['encoder_input_tokens'],
+    batch['decoder_input_tokens'],
+    batch['decoder_target_tokens'],
+    enable_dropout=False,
+  )
   return module, nn.unbox(variables['params'])
 
 
@@ -31,26 +35,33 @@ def _batch(examples, in_width, out_width):
   enc = np.zeros((n, in_width), np.int32)
   tgt = np.zeros((n, out_width), np.int32)
   for i, (inputs, targets) in enumerate(examples):
-    enc[i, :len(inputs)] = inputs
-    tgt[i, :len(targets)] = targets
+    enc[i, : len(inputs)] = inputs
+    tgt[i, : len(targets)] = targets
   dec = np.zeros_like(tgt)
   dec[:, 1:] = tgt[:, :-1]
-  return {'encoder_input_tokens': enc, 'decoder_target_tokens': tgt,
-          'decoder_input_tokens': dec}
+  return {
+    'encoder_input_tokens': enc,
+    'decoder_target_tokens': tgt,
+    'decoder_input_tokens': dec,
+  }
 
 
-@pytest.mark.parametrize('activations,tied', [(('gelu', 'linear'), False),
-                                              (('relu',), True)])
+@pytest.mark.parametrize(
+  'activations,tied', [(('gelu', 'linear'), False), (('relu',), True)]
+)
 def test_packed_equals_unpacked(tiny_config, activations, tied):
-  config = tiny_config.replace(mlp_activations=activations,
-                               logits_via_embedding=tied)
+  config = tiny_config.replace(
+    mlp_activations=activations, logits_via_embedding=tied
+  )
   rng = np.random.default_rng(0)
-  examples = [_example(rng, 5, 3, 384), _example(rng, 7, 6, 384),
-              _example(rng, 3, 4, 384)]
+  examples = [
+    _example(rng, 5, 3, 384),
+    _example(rng, 7, 6, 384),
+    _example(rng, 3, 4, 384),
+  ]
   unpacked = _batch(examples, 8, 8)
   module, params = _init(config, unpacked)
-  reference = module.apply({'params': params}, **unpacked,
-                           enable_dropout=False)
+  reference = module.apply({'params': params}, **unpacked, enable_dropout=False)
 
   # All three examples packed into one row (seqio's packed layout: the
   # decoder input of each segment starts from 0, not the previous eos).
@@ -64,29 +75,36 @@ def test_packed_equals_unpacked(tiny_config, activations, tied):
   width = 20
   pad = lambda xs: np.array([xs + [0] * (width - len(xs))], np.int32)
   packed_logits = module.apply(
-      {'params': params}, pad(enc), pad(dec), pad(tgt),
-      encoder_segment_ids=pad(enc_seg), decoder_segment_ids=pad(dec_seg),
-      enable_dropout=False)[0]
+    {'params': params},
+    pad(enc),
+    pad(dec),
+    pad(tgt),
+    encoder_segment_ids=pad(enc_seg),
+    decoder_segment_ids=pad(dec_seg),
+    enable_dropout=False,
+  )[0]
 
   offset = 0
   for i, (_, targets) in enumerate(examples):
-    got = packed_logits[offset:offset + len(targets)]
-    np.testing.assert_allclose(got, reference[i, :len(targets)], atol=1e-5)
+    got = packed_logits[offset : offset + len(targets)]
+    np.testing.assert_allclose(got, reference[i, : len(targets)], atol=1e-5)
     offset += len(targets)
 
 
 def test_mixed_lengths_match_single_examples(tiny_config):
   rng = np.random.default_rng(1)
-  examples = [_example(rng, 2, 5, 384), _example(rng, 9, 2, 384),
-              _example(rng, 6, 7, 384)]
+  examples = [
+    _example(rng, 2, 5, 384),
+    _example(rng, 9, 2, 384),
+    _example(rng, 6, 7, 384),
+  ]
   batch = _batch(examples, 12, 10)
   module, params = _init(tiny_config, batch)
   batched = module.apply({'params': params}, **batch, enable_dropout=False)
   for i, (inputs, targets) in enumerate(examples):
     alone = _batch([(inputs, targets)], len(inputs), len(targets))
     single = module.apply({'params': params}, **alone, enable_dropout=False)
-    np.testing.assert_allclose(batched[i, :len(targets)], single[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(batched[i, : len(targets)], single[0], atol=1e-5)
 
 
 def test_dropout_is_random_only_when_enabled(tiny_config):
@@ -107,21 +125,34 @@ def test_every_parameter_has_logical_axes(tiny_config):
   batch = _batch([([5, 6], [7, 8])], 4, 4)
   module = network.Transformer(tiny_config)
   variables = jax.eval_shape(
-      functools.partial(module.init, enable_dropout=False),
-      jax.random.PRNGKey(0), batch['encoder_input_tokens'],
-      batch['decoder_input_tokens'], batch['decoder_target_tokens'])
+    functools.partial(module.init, enable_dropout=False),
+    jax.random.PRNGKey(0),
+    batch['encoder_input_tokens'],
+    batch['decoder_input_tokens'],
+    batch['decoder_target_tokens'],
+  )
   specs = nn.get_partition_spec(variables['params'])
   flat = jax.tree_util.tree_flatten_with_path(
-      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
-  known = {'vocab', 'embed', 'mlp', 'heads', 'kv', 'joined_kv',
-           'relpos_buckets'}
+    specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  )[0]
+  known = {
+    'vocab',
+    'embed',
+    'mlp',
+    'heads',
+    'kv',
+    'joined_kv',
+    'relpos_buckets',
+  }
   for path, spec in flat:
     name = jax.tree_util.keystr(path)
     assert len(spec) in (1, 2) and set(spec) <= known, (name, spec)
   by_name = {jax.tree_util.keystr(p): tuple(s) for p, s in flat}
   assert by_name["['token_embedder']['embedding']"] == ('vocab', 'embed')
   assert by_name["['encoder']['layers_0']['attention']['query']['kernel']"] == (
-      'embed', 'joined_kv')
+    'embed',
+    'joined_kv',
+  )
   assert by_name["['decoder']['logits_dense']['kernel']"] == ('embed', 'vocab')
 
 
@@ -133,7 +164,8 @@ def test_bfloat16_computation_keeps_float32_params(tiny_config):
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   logits_bf16 = module.apply({'params': params}, **batch, enable_dropout=False)
   logits_f32 = network.Transformer(tiny_config).apply(
-      {'params': params}, **batch, enable_dropout=False)
+    {'params': params}, **batch, enable_dropout=False
+  )
   # Output projection stays in float32, as in t5x; values agree roughly.
   assert logits_bf16.dtype == jnp.float32
   np.testing.assert_allclose(logits_bf16, logits_f32, atol=0.2)

@@ -4,47 +4,64 @@ text."""
 import pytest
 
 from tasks import parsing
-from tasks.parsing import Parsed, UNPARSED
+from tasks.parsing import UNPARSED
+from tasks.parsing import Parsed
 
 # --------------------------------------------------------------------------
 # Formatting.
 
 
 def test_cqa_input_lists_the_choices_one_per_line():
-  record = {'question': 'Where do fish live?',
-            'choices': ['sea', 'tree', 'sky', 'car', 'desk'], 'answer': 'sea'}
+  record = {
+    'question': 'Where do fish live?',
+    'choices': ['sea', 'tree', 'sky', 'car', 'desk'],
+    'answer': 'sea',
+  }
   text, label = parsing.format_cqa(record)
-  assert text == ('Where do fish live?\nAnswer Choices:\n'
-                  '(a) sea\n(b) tree\n(c) sky\n(d) car\n(e) desk')
+  assert text == (
+    'Where do fish live?\nAnswer Choices:\n'
+    '(a) sea\n(b) tree\n(c) sky\n(d) car\n(e) desk'
+  )
   assert label == 'sea'
 
 
 def test_svamp_input_is_kept_as_given():
   record = {'input': 'Tom has 3 apples.\nHow many?', 'label': '( 3.0 + 0.0 )'}
-  assert parsing.format_svamp(record) == ('Tom has 3 apples.\nHow many?',
-                                          '( 3.0 + 0.0 )')
+  assert parsing.format_svamp(record) == (
+    'Tom has 3 apples.\nHow many?',
+    '( 3.0 + 0.0 )',
+  )
 
 
-@pytest.mark.parametrize('index, label', [(0, 'entailment'), (1, 'neutral'),
-                                          (2, 'contradiction')])
+@pytest.mark.parametrize(
+  'index, label', [(0, 'entailment'), (1, 'neutral'), (2, 'contradiction')]
+)
 def test_nli_label_text_and_separator(index, label):
-  record = {'premise': 'A man sleeps.', 'hypothesis': 'A man rests.',
-            'label': index}
-  assert parsing.format_nli(record) == ('A man sleeps. </s> A man rests.',
-                                        label)
+  record = {
+    'premise': 'A man sleeps.',
+    'hypothesis': 'A man rests.',
+    'label': index,
+  }
+  assert parsing.format_nli(record) == (
+    'A man sleeps. </s> A man rests.',
+    label,
+  )
 
 
 def _cqa(**fields):
   return {'question': 'q', 'choices': ['a'] * 5, 'answer': 'a', **fields}
 
 
-@pytest.mark.parametrize('record, field', [
+@pytest.mark.parametrize(
+  'record, field',
+  [
     ({'choices': ['a'] * 5, 'answer': 'a'}, 'question'),
     (_cqa(choices=['a'] * 4), 'choices'),
     (_cqa(choices=['a', 'b', 'c', 'd', 5]), 'choices'),
     (_cqa(answer='  '), 'answer'),
     (_cqa(answer=None), 'answer'),
-])
+  ],
+)
 def test_cqa_bad_records_name_the_field(record, field):
   with pytest.raises(parsing.FieldError) as error:
     parsing.format_cqa(record)
@@ -61,15 +78,20 @@ def test_nli_rejects_labels_other_than_0_1_2(label):
 # --------------------------------------------------------------------------
 # cqa: cut at Q:, split at "So the answer is", option text after (x).
 
-CQA_TAIL = ('\n\nQ: What is red?\nAnswer Choices:\n(a) blood\n(b) sky\n'
-            'A: Blood is red. So the answer is (a) blood.')
+CQA_TAIL = (
+  '\n\nQ: What is red?\nAnswer Choices:\n(a) blood\n(b) sky\n'
+  'A: Blood is red. So the answer is (a) blood.'
+)
 
 
 def test_cqa_rationale_and_option_text():
-  completion = ('Fish need water. Of the above choices, only sea has water. '
-                'So the answer is (a) sea.' + CQA_TAIL)
+  completion = (
+    'Fish need water. Of the above choices, only sea has water. '
+    'So the answer is (a) sea.' + CQA_TAIL
+  )
   assert parsing.parse_cqa(completion) == Parsed(
-      'Fish need water. Of the above choices, only sea has water.', 'sea')
+    'Fish need water. Of the above choices, only sea has water.', 'sea'
+  )
 
 
 def test_cqa_label_keeps_inner_periods_and_stops_at_the_next_option():
@@ -98,17 +120,21 @@ def test_cqa_failures():
 
 
 def test_svamp_rationale_and_parenthesised_expression():
-  completion = ('He had 10 and gave 3 + 6, so 10 - (3 + 6) = 1. '
-                'The answer is (10 - (3 + 6)).\n\n'
-                'Q: There are 15 trees. The answer is (21 - 15).')
+  completion = (
+    'He had 10 and gave 3 + 6, so 10 - (3 + 6) = 1. '
+    'The answer is (10 - (3 + 6)).\n\n'
+    'Q: There are 15 trees. The answer is (21 - 15).'
+  )
   assert parsing.parse_svamp(completion) == Parsed(
-      'He had 10 and gave 3 + 6, so 10 - (3 + 6) = 1.', '(10 - (3 + 6))')
+    'He had 10 and gave 3 + 6, so 10 - (3 + 6) = 1.', '(10 - (3 + 6))'
+  )
 
 
 def test_svamp_failures():
   parse = parsing.parse_svamp
   assert parse('So 10 * 45 = 450. The answer is 450.') == Parsed(
-      'So 10 * 45 = 450.', None)
+    'So 10 * 45 = 450.', None
+  )
   assert parse('So 10 * 45 = 450.') == UNPARSED
   assert parse('The answer is (1). The answer is (2).') == UNPARSED
   assert parse('The answer is (10 * 45).') == Parsed(None, '(10 * 45)')
@@ -119,11 +145,14 @@ def test_svamp_failures():
 
 
 def test_esnli_rationale_and_label():
-  completion = ('Packages need not be from lunch.\nAnswer: neutral\n\n'
-                'Premise: Two women hug.\nHypothesis: Two women hold packages.'
-                '\nReasonings: They hold them.\nAnswer: entailment')
+  completion = (
+    'Packages need not be from lunch.\nAnswer: neutral\n\n'
+    'Premise: Two women hug.\nHypothesis: Two women hold packages.'
+    '\nReasonings: They hold them.\nAnswer: entailment'
+  )
   assert parsing.parse_esnli(completion) == Parsed(
-      'Packages need not be from lunch.', 'neutral')
+    'Packages need not be from lunch.', 'neutral'
+  )
 
 
 def test_esnli_failures():
@@ -140,12 +169,15 @@ def test_esnli_failures():
 
 
 def test_anli1_rationale_and_label():
-  completion = ('He was a senator, so he had a political career. '
-                'So the answer is entailment.\n\n'
-                'Premise: Almost Sunrise is a film.\n'
-                'Hypothesis: It is a film. So the answer is neutral.')
+  completion = (
+    'He was a senator, so he had a political career. '
+    'So the answer is entailment.\n\n'
+    'Premise: Almost Sunrise is a film.\n'
+    'Hypothesis: It is a film. So the answer is neutral.'
+  )
   assert parsing.parse_anli1(completion) == Parsed(
-      'He was a senator, so he had a political career.', 'entailment')
+    'He was a senator, so he had a political career.', 'entailment'
+  )
 
 
 def test_anli1_failures():

@@ -2,8 +2,8 @@
 splits and data fractions."""
 
 import json
-import re
 from pathlib import Path
+import re
 
 import pytest
 
@@ -11,8 +11,14 @@ from tasks import sources
 from tasks.sources import DataError
 
 DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'datasets'
-REAL_SPLITS = [('cqa', 'train'), ('cqa', 'test'), ('svamp', 'train'),
-               ('svamp', 'test'), ('esnli', 'valid'), ('anli1', 'valid')]
+REAL_SPLITS = [
+  ('cqa', 'train'),
+  ('cqa', 'test'),
+  ('svamp', 'train'),
+  ('svamp', 'test'),
+  ('esnli', 'valid'),
+  ('anli1', 'valid'),
+]
 
 # --------------------------------------------------------------------------
 # Parse counts on the real data against a straightforward re-implementation.
@@ -28,7 +34,7 @@ def _once(text, marker):
   if text.count(marker) != 1:
     return None
   index = text.index(marker)
-  return text[:index], text[index + len(marker):]
+  return text[:index], text[index + len(marker) :]
 
 
 def reference_parse(name, completion):
@@ -36,14 +42,16 @@ def reference_parse(name, completion):
   if name == 'esnli':
     if 'Answer:' not in completion:
       return '', ''
-    rationale = completion[:completion.index('Answer:')].rstrip()
+    rationale = completion[: completion.index('Answer:')].rstrip()
     if 'Answer: ' not in completion:
       return rationale, ''
-    after = completion[completion.index('Answer: ') + len('Answer: '):]
+    after = completion[completion.index('Answer: ') + len('Answer: ') :]
     return rationale, _cut(_cut(after, 'Answer: '), 'Premise')
-  cut_at, marker = {'cqa': ('Q:', 'So the answer is'),
-                    'svamp': ('Q:', 'The answer is'),
-                    'anli1': ('Premise:', 'So the answer is')}[name]
+  cut_at, marker = {
+    'cqa': ('Q:', 'So the answer is'),
+    'svamp': ('Q:', 'The answer is'),
+    'anli1': ('Premise:', 'So the answer is'),
+  }[name]
   parts = _once(_cut(completion, cut_at), marker)
   if parts is None:
     return '', ''
@@ -53,11 +61,11 @@ def reference_parse(name, completion):
     if not markers:
       return rationale, ''
     end = markers[1][0] if len(markers) > 1 else len(rest)
-    label = rest[markers[0][1]:end].strip()
+    label = rest[markers[0][1] : end].strip()
     return rationale, label[:-1] if label.endswith('.') else label
   if name == 'svamp':
-    line = rest[rest.find('('):].split('\n')[0] if '(' in rest else ''
-    return rationale, line[:line.rfind(')') + 1] if ')' in line else ''
+    line = rest[rest.find('(') :].split('\n')[0] if '(' in rest else ''
+    return rationale, line[: line.rfind(')') + 1] if ')' in line else ''
   return rationale, rest.lstrip()[:-1]
 
 
@@ -78,9 +86,9 @@ def test_parse_counts_on_the_real_data(name, file_split):
   counts = sources.parse_counts(name, file_split, DATA)
   assert counts.completions == len(records)
   assert counts.parsed + counts.unparsed == len(records)
-  assert counts.parsed == sum(bool(r) and bool(l) for r, l in expected)
+  assert counts.parsed == sum(bool(r) and bool(lab) for r, lab in expected)
   assert counts.without_rationale == sum(not r for r, _ in expected)
-  assert counts.without_label == sum(not l for _, l in expected)
+  assert counts.without_label == sum(not lab for _, lab in expected)
   examples = sources.load_release_split(name, file_split, DATA).examples
   parts = [(e.rationale or '', e.teacher_label or '') for e in examples]
   assert parts == expected
@@ -90,8 +98,9 @@ def test_examples_keep_the_ground_truth_next_to_the_teacher():
   records, _ = _raw_split('cqa', 'train')
   examples = sources.load_release_split('cqa', 'train', DATA).examples
   assert [e.label for e in examples] == [r['answer'] for r in records]
-  assert examples[0].input.startswith(records[0]['question'] +
-                                      '\nAnswer Choices:\n(a) ')
+  assert examples[0].input.startswith(
+    records[0]['question'] + '\nAnswer Choices:\n(a) '
+  )
 
 
 # --------------------------------------------------------------------------
@@ -109,16 +118,24 @@ def test_held_out_validation_is_ten_percent_disjoint_and_fixed():
   assert not train_ids & validation_ids
   assert train_ids | validation_ids == {id(e) for e in file_train}
   # A data fraction subsets train only.
-  assert sources.release_examples('cqa', 'validation', data_dir=DATA,
-                                  data_fraction=0.2, seed=3) == validation
+  assert (
+    sources.release_examples(
+      'cqa', 'validation', data_dir=DATA, data_fraction=0.2, seed=3
+    )
+    == validation
+  )
 
 
 def test_splits_with_a_validation_file_use_it(tmp_path):
   _write_release(tmp_path, 'anli1', 'valid', [_nli(i) for i in range(3)])
-  validation = sources.release_examples('anli1', 'validation',
-                                        data_dir=tmp_path)
-  assert [e.label for e in validation] == ['entailment', 'neutral',
-                                           'contradiction']
+  validation = sources.release_examples(
+    'anli1', 'validation', data_dir=tmp_path
+  )
+  assert [e.label for e in validation] == [
+    'entailment',
+    'neutral',
+    'contradiction',
+  ]
 
 
 def test_data_fractions_are_nested_and_deterministic():
@@ -129,15 +146,17 @@ def test_data_fractions_are_nested_and_deterministic():
     assert all(small <= large for small, large in zip(subsets, subsets[1:]))
     again = [set(sources.fraction_indices(1000, f, seed)) for f in fractions]
     assert subsets == again
-  assert (sources.fraction_indices(1000, 0.1, 0) !=
-          sources.fraction_indices(1000, 0.1, 1))
+  assert sources.fraction_indices(1000, 0.1, 0) != sources.fraction_indices(
+    1000, 0.1, 1
+  )
   assert len(sources.fraction_indices(5, 0.01, 0)) == 1
 
 
 def test_data_fractions_on_real_data_are_nested_subsets_of_train():
   def inputs(**subset):
-    examples = sources.release_examples('svamp', 'train', data_dir=DATA,
-                                        **subset)
+    examples = sources.release_examples(
+      'svamp', 'train', data_dir=DATA, **subset
+    )
     return [e.input for e in examples]
 
   train = inputs()
@@ -159,8 +178,11 @@ def test_bad_data_fraction(fraction):
 
 
 def _nli(label):
-  return {'premise': f'premise {label}', 'hypothesis': f'hypothesis {label}',
-          'label': label}
+  return {
+    'premise': f'premise {label}',
+    'hypothesis': f'hypothesis {label}',
+    'label': label,
+  }
 
 
 def _write_release(root, name, file_split, records, completion_batches=()):
@@ -194,8 +216,13 @@ def test_completion_count_mismatch_names_files_and_counts(tmp_path):
   with pytest.raises(DataError) as error:
     sources.load_release_split('esnli', 'valid', tmp_path)
   message = str(error.value)
-  for part in ('valid_CoT_0.json', 'valid_CoT_1.json', '2 teacher completions',
-               '3 records', 'esnli_valid.json'):
+  for part in (
+    'valid_CoT_0.json',
+    'valid_CoT_1.json',
+    '2 teacher completions',
+    '3 records',
+    'esnli_valid.json',
+  ):
     assert part in message
 
 
@@ -230,24 +257,41 @@ def test_data_dir_comes_from_the_environment_when_read(tmp_path, monkeypatch):
   monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
   with pytest.raises(DataError, match=sources.DATA_DIR_ENV):
     sources.load_release_split('esnli', 'valid')
-  _write_release(tmp_path, 'esnli', 'valid', [_nli(2)],
-                 [['Contradicts.\nAnswer: contradiction']])
+  _write_release(
+    tmp_path,
+    'esnli',
+    'valid',
+    [_nli(2)],
+    [['Contradicts.\nAnswer: contradiction']],
+  )
   monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
   split = sources.load_release_split('esnli', 'valid')
   assert split.examples == (
-      sources.Example('premise 2 </s> hypothesis 2', 'contradiction',
-                      'Contradicts.', 'contradiction'),)
+    sources.Example(
+      'premise 2 </s> hypothesis 2',
+      'contradiction',
+      'Contradicts.',
+      'contradiction',
+    ),
+  )
 
 
 def test_generic_jsonl(tmp_path):
   path = tmp_path / 'mine.jsonl'
-  lines = [{'input': '2+2?', 'label': '4', 'rationale': 'Two and two.',
-            'llm_label': '5'},
-           {'input': '3+3?', 'label': '6', 'rationale': None}]
+  lines = [
+    {
+      'input': '2+2?',
+      'label': '4',
+      'rationale': 'Two and two.',
+      'llm_label': '5',
+    },
+    {'input': '3+3?', 'label': '6', 'rationale': None},
+  ]
   path.write_text('\n'.join(map(json.dumps, lines)) + '\n\n')
   assert sources.read_jsonl_examples(path) == (
-      sources.Example('2+2?', '4', 'Two and two.', '5'),
-      sources.Example('3+3?', '6'))
+    sources.Example('2+2?', '4', 'Two and two.', '5'),
+    sources.Example('3+3?', '6'),
+  )
   with pytest.raises(DataError, match=r"mine\.jsonl:2: field 'rationale'"):
     sources.read_jsonl_examples(path, required=('input', 'label', 'rationale'))
   path.write_text(json.dumps({'input': '2+2?'}) + '\n')

@@ -17,9 +17,13 @@ else:
 
 
 def test_import_without_t5x_explains_how_to_install_it():
-  result = subprocess.run([sys.executable, '-c', _IMPORT_WITHOUT_T5X],
-                          capture_output=True, text=True, timeout=120,
-                          check=True)
+  result = subprocess.run(
+    [sys.executable, '-c', _IMPORT_WITHOUT_T5X],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=True,
+  )
   message = result.stdout.strip()
   assert message.startswith('dsbs_jax.t5x_models needs t5x'), message
   assert "pip install 'git+https://github.com/google-research/t5x'" in message

@@ -6,11 +6,11 @@ logits, loss, greedy decodes and beam decodes t5x computed from it.
 
 import functools
 
+from conftest import T5X_TINY_DIR
 import numpy as np
 import pytest
 import seqio
 
-from conftest import T5X_TINY_DIR
 from dsbs_jax import checkpoints
 from dsbs_jax import decoding
 from dsbs_jax import models
@@ -28,23 +28,32 @@ def params():
 
 
 def _batch(expected):
-  return {k: expected[k] for k in ('encoder_input_tokens',
-                                   'decoder_input_tokens',
-                                   'decoder_target_tokens')}
+  return {
+    k: expected[k]
+    for k in (
+      'encoder_input_tokens',
+      'decoder_input_tokens',
+      'decoder_target_tokens',
+    )
+  }
 
 
 def _model(config, **kwargs):
   vocabulary = seqio.ByteVocabulary()
-  return models.EncoderDecoderModel(network.Transformer(config), vocabulary,
-                                    vocabulary, **kwargs)
+  return models.EncoderDecoderModel(
+    network.Transformer(config), vocabulary, vocabulary, **kwargs
+  )
 
 
-def test_both_checkpoint_formats_give_the_expected_logits(tiny_config, expected):
+def test_both_checkpoint_formats_give_the_expected_logits(
+  tiny_config, expected
+):
   module = network.Transformer(tiny_config)
   for name in ('legacy_checkpoint_400', 'orbax_checkpoint_400'):
     params = checkpoints.load_params(T5X_TINY_DIR / name, tiny_config)
-    logits = module.apply({'params': params}, **_batch(expected),
-                          enable_dropout=False)
+    logits = module.apply(
+      {'params': params}, **_batch(expected), enable_dropout=False
+    )
     # All positions, padding included: our masking is t5x's.
     np.testing.assert_allclose(logits, expected['logits'], atol=1e-4, rtol=0)
 
@@ -52,10 +61,13 @@ def test_both_checkpoint_formats_give_the_expected_logits(tiny_config, expected)
 def test_loss_matches_t5x(tiny_config, expected, params):
   batch = _batch(expected)
   batch['decoder_loss_weights'] = (batch['decoder_target_tokens'] > 0).astype(
-      np.float32)
+    np.float32
+  )
   loss, metrics = _model(tiny_config).loss_fn(params, batch, dropout_rng=None)
   np.testing.assert_allclose(loss, expected['loss'], rtol=1e-5)
-  assert metrics['target_tokens'].compute() == batch['decoder_loss_weights'].sum()
+  assert (
+    metrics['target_tokens'].compute() == batch['decoder_loss_weights'].sum()
+  )
 
 
 def test_greedy_decodes_match_t5x(tiny_config, expected, params):
@@ -72,10 +84,13 @@ def test_beam_search_matches_t5x(tiny_config, expected, params):
   batch = _batch(expected)
   best, aux = model.predict_batch_with_aux(params, batch, num_decodes=4)
   np.testing.assert_array_equal(best, expected['beam_decodes'])
-  np.testing.assert_allclose(aux['scores'], expected['beam_scores'],
-                             rtol=1e-5, atol=1e-5)
-  beams, aux = model.predict_batch_with_aux(params, batch, num_decodes=4,
-                                            return_all_decodes=True)
+  np.testing.assert_allclose(
+    aux['scores'], expected['beam_scores'], rtol=1e-5, atol=1e-5
+  )
+  beams, aux = model.predict_batch_with_aux(
+    params, batch, num_decodes=4, return_all_decodes=True
+  )
   np.testing.assert_array_equal(beams, expected['all_beam_decodes'])
-  np.testing.assert_allclose(aux['scores'], expected['all_beam_scores'],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    aux['scores'], expected['all_beam_scores'], rtol=1e-5, atol=1e-5
+  )

@@ -24,16 +24,31 @@ from dsbs_jax import trainer as trainer_lib
 
 # Sharded dims divide by 4: vocab 64, mlp 32, heads 4, joined_kv 4 * 4 = 16.
 CONFIG = network.T5Config(
-    vocab_size=64, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,
-    mlp_activations=('gelu', 'linear'), num_encoder_layers=1,
-    num_decoder_layers=1, dropout_rate=0.0)
+  vocab_size=64,
+  emb_dim=16,
+  num_heads=4,
+  head_dim=4,
+  mlp_dim=32,
+  mlp_activations=('gelu', 'linear'),
+  num_encoder_layers=1,
+  num_decoder_layers=1,
+  dropout_rate=0.0,
+)
 VOCABULARY = seqio.PassThroughVocabulary(CONFIG.vocab_size, eos_id=1)
 ENCODER_LENGTH, DECODER_LENGTH = 8, 6
 # (input length, target length, task) of each row. The microbatches of k = 2
 # (rows i, i + 2, ...) and of k = 4 hold very different numbers of real target
 # tokens of each task, so a per-microbatch normalisation would differ.
-ROWS = [(8, 1, 1), (3, 6, 2), (5, 2, 1), (7, 5, 2), (2, 3, 1), (6, 6, 2),
-        (4, 1, 2), (8, 4, 1)]
+ROWS = [
+  (8, 1, 1),
+  (3, 6, 2),
+  (5, 2, 1),
+  (7, 5, 2),
+  (2, 3, 1),
+  (6, 6, 2),
+  (4, 1, 2),
+  (8, 4, 1),
+]
 ALPHA = 0.3
 TRAIN_SEEDS = (1, 2)  # one batch per step
 MOMENTUM = 0.9
@@ -52,9 +67,11 @@ def _sgd_rate(kind: str, step: int) -> float:
 def _sgd(kind: str) -> optax.GradientTransformation:
   if kind == 'dsbs':
     schedule = trainer_lib.learning_rate_schedule(
-        DECAY_BASE, 'linear_decay', total_steps=DECAY_STEPS)
-    return optax.inject_hyperparams(optax.sgd)(learning_rate=schedule,
-                                               momentum=MOMENTUM)
+      DECAY_BASE, 'linear_decay', total_steps=DECAY_STEPS
+    )
+    return optax.inject_hyperparams(optax.sgd)(
+      learning_rate=schedule, momentum=MOMENTUM
+    )
   return optax.sgd(DECAY_BASE, momentum=MOMENTUM)
 
 
@@ -71,19 +88,24 @@ def _batch(seed: int) -> dict[str, np.ndarray]:
     task_ids[row, :n_out] = task
   decoder_inputs = np.zeros_like(targets)
   decoder_inputs[:, 1:] = targets[:, :-1]
-  return {'encoder_input_tokens': encoder,
-          'decoder_input_tokens': decoder_inputs,
-          'decoder_target_tokens': targets,
-          'decoder_loss_weights': (targets > 0).astype(np.int32),
-          'decoder_task_ids': task_ids}
+  return {
+    'encoder_input_tokens': encoder,
+    'decoder_input_tokens': decoder_inputs,
+    'decoder_target_tokens': targets,
+    'decoder_loss_weights': (targets > 0).astype(np.int32),
+    'decoder_task_ids': task_ids,
+  }
 
 
 def _only_rows(batch, rows):
   """The batch with every other row's targets turned into padding."""
   keep = np.isin(np.arange(len(ROWS)), rows)[:, None]
   out = dict(batch)
-  for name in ('decoder_target_tokens', 'decoder_loss_weights',
-               'decoder_task_ids'):
+  for name in (
+    'decoder_target_tokens',
+    'decoder_loss_weights',
+    'decoder_task_ids',
+  ):
     out[name] = np.where(keep, batch[name], 0)
   return out
 
@@ -91,11 +113,15 @@ def _only_rows(batch, rows):
 def _model(kind: str) -> models.EncoderDecoderModel:
   module = network.Transformer(CONFIG)
   if kind == 'dsbs':
-    return models.DistillStepByStepModel(module, VOCABULARY, VOCABULARY,
-                                         alpha=ALPHA)
+    return models.DistillStepByStepModel(
+      module, VOCABULARY, VOCABULARY, alpha=ALPHA
+    )
   return models.EncoderDecoderModel(
-      module, VOCABULARY, VOCABULARY,
-      loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS)
+    module,
+    VOCABULARY,
+    VOCABULARY,
+    loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS,
+  )
 
 
 def _shapes(batch):
@@ -103,15 +129,17 @@ def _shapes(batch):
 
 
 def _single_device() -> partitioning.Partitioner:
-  return partitioning.Partitioner(mesh_shape=(1, 1),
-                                  devices=jax.devices()[:1])
+  return partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
 
 
 @pytest.fixture(scope='module')
 def initial_params():
   """Random host parameters of the model's tree (numpy: nothing to compile)."""
-  boxed = jax.eval_shape(lambda: _model('encdec').get_initial_variables(
-      jax.random.PRNGKey(0), _shapes(_batch(0))))['params']
+  boxed = jax.eval_shape(
+    lambda: _model('encdec').get_initial_variables(
+      jax.random.PRNGKey(0), _shapes(_batch(0))
+    )
+  )['params']
   rng = np.random.default_rng(0)
 
   def init(leaf):
@@ -129,7 +157,8 @@ def initial_params():
 def _task_mean(values, batch, task):
   """Mean of `values` over the task's real target tokens (numpy or jax)."""
   mask = (batch['decoder_target_tokens'] > 0) & (
-      batch['decoder_task_ids'] == task)
+    batch['decoder_task_ids'] == task
+  )
   return (values * mask).sum() / mask.sum()
 
 
@@ -137,23 +166,28 @@ def _reference_loss(kind, params, batch):
   """Mean NLL over real target tokens; for DSbS the alpha-weighted task
   means. Also returns the per-token NLL and the logits."""
   logits = network.Transformer(CONFIG).apply(
-      {'params': params}, batch['encoder_input_tokens'],
-      batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-      enable_dropout=False)
+    {'params': params},
+    batch['encoder_input_tokens'],
+    batch['decoder_input_tokens'],
+    batch['decoder_target_tokens'],
+    enable_dropout=False,
+  )
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   targets = batch['decoder_target_tokens']
   nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   if kind == 'dsbs':
-    loss = (ALPHA * _task_mean(nll, batch, 1) +
-            (1 - ALPHA) * _task_mean(nll, batch, 2))
+    loss = ALPHA * _task_mean(nll, batch, 1) + (1 - ALPHA) * _task_mean(
+      nll, batch, 2
+    )
   else:
     real = targets > 0
     loss = jnp.sum(nll * real) / jnp.sum(real)
   return loss, (nll, logits)
 
 
-_reference = jax.jit(jax.value_and_grad(_reference_loss, argnums=1,
-                                        has_aux=True), static_argnums=0)
+_reference = jax.jit(
+  jax.value_and_grad(_reference_loss, argnums=1, has_aux=True), static_argnums=0
+)
 
 
 def _reference_grads(kind, params, batch):
@@ -163,7 +197,8 @@ def _reference_grads(kind, params, batch):
 
 def _max_abs_diff(a, b) -> float:
   diffs = jax.tree.map(
-      lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)
+    lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b
+  )
   return max(jax.tree.leaves(diffs))
 
 
@@ -173,13 +208,15 @@ def _train(model, partitioner, optimizer, num_microbatches, params, batches):
   Returns the final state and, per step, host copies of the updated
   parameters and the metrics.
   """
-  trainer = trainer_lib.Trainer(model, partitioner, optimizer,
-                                num_microbatches=num_microbatches)
+  trainer = trainer_lib.Trainer(
+    model, partitioner, optimizer, num_microbatches=num_microbatches
+  )
   state = trainer.init_state(_shapes(batches[0]), params)
   params_history, metrics_history = [], []
   for batch in batches:
-    state, metrics = trainer.train_step(state,
-                                        partitioner.shard_full_batch(batch))
+    state, metrics = trainer.train_step(
+      state, partitioner.shard_full_batch(batch)
+    )
     params_history.append(jax.device_get(state.params))
     metrics_history.append(trainer_lib.compute_metrics(metrics))
   return state, params_history, metrics_history
@@ -194,9 +231,14 @@ def sgd_run(initial_params):
   def run(kind, num_microbatches):
     key = (kind, num_microbatches)
     if key not in cache:
-      _, params, metrics = _train(_model(kind), _single_device(), _sgd(kind),
-                                  num_microbatches, initial_params,
-                                  [_batch(seed) for seed in TRAIN_SEEDS])
+      _, params, metrics = _train(
+        _model(kind),
+        _single_device(),
+        _sgd(kind),
+        num_microbatches,
+        initial_params,
+        [_batch(seed) for seed in TRAIN_SEEDS],
+      )
       cache[key] = params, metrics
     return cache[key]
 
@@ -207,8 +249,9 @@ def sgd_run(initial_params):
 
 
 @pytest.mark.parametrize('kind', ['encdec', 'dsbs'])
-def test_gradient_accumulation_equals_full_batch_sgd(kind, initial_params,
-                                                     sgd_run):
+def test_gradient_accumulation_equals_full_batch_sgd(
+  kind, initial_params, sgd_run
+):
   batches = [_batch(seed) for seed in TRAIN_SEEDS]
 
   # The reference: heavy-ball SGD on full-batch gradients of the loss.
@@ -221,10 +264,14 @@ def test_gradient_accumulation_equals_full_batch_sgd(kind, initial_params,
   # The test can tell: normalising each microbatch of k = 2 by its own token
   # counts gives another gradient.
   per_half = jax.tree.map(
-      lambda a, b: (a + b) / 2,
-      *[_reference_grads(kind, initial_params,
-                         _only_rows(batches[0], range(i, len(ROWS), 2)))
-        for i in (0, 1)])
+    lambda a, b: (a + b) / 2,
+    *[
+      _reference_grads(
+        kind, initial_params, _only_rows(batches[0], range(i, len(ROWS), 2))
+      )
+      for i in (0, 1)
+    ],
+  )
   assert _max_abs_diff(per_half, g1) > 1e-2
 
   full = sgd_run(kind, 1)[0]
@@ -241,15 +288,20 @@ def test_gradient_accumulation_equals_full_batch_adafactor(initial_params):
   """One Adafactor step with 4 microbatches is Adafactor's update for the
   full-batch gradient (factored second moments on the matrices)."""
   batch = _batch(3)
-  optimizer = trainer_lib.adafactor(learning_rate=0.05,
-                                    min_dim_size_to_factor=4)
+  optimizer = trainer_lib.adafactor(
+    learning_rate=0.05, min_dim_size_to_factor=4
+  )
   grads = _reference_grads('dsbs', initial_params, batch)
-  updates, _ = jax.device_get(jax.jit(optimizer.update)(
-      grads, optimizer.init(initial_params), initial_params))
+  updates, _ = jax.device_get(
+    jax.jit(optimizer.update)(
+      grads, optimizer.init(initial_params), initial_params
+    )
+  )
   expected = jax.tree.map(np.add, initial_params, updates)
 
-  state, (accumulated,), _ = _train(_model('dsbs'), _single_device(),
-                                    optimizer, 4, initial_params, [batch])
+  state, (accumulated,), _ = _train(
+    _model('dsbs'), _single_device(), optimizer, 4, initial_params, [batch]
+  )
   assert _max_abs_diff(expected, initial_params) > 1e-3  # it moved
   assert _max_abs_diff(accumulated, expected) <= 1e-6
   # Factored: the second moment of a [16, 32] kernel is a row and a column.
@@ -269,15 +321,17 @@ def _spec(array) -> tuple:
 def _check_model_sharding(params, model_size):
   """Vocabulary, MLP and head dims are split over `model`; others are not."""
   expectations = [
-      (('encoder', 'layers_0', 'mlp', 'wi_0', 'kernel'), 1),  # (embed, mlp)
-      (('decoder', 'layers_0', 'mlp', 'wo', 'kernel'), 0),  # (mlp, embed)
-      (('token_embedder', 'embedding'), 0),  # (vocab, embed)
-      (('decoder', 'logits_dense', 'kernel'), 1),  # (embed, vocab)
-      (('encoder', 'layers_0', 'attention', 'query', 'kernel'), 1),
-      (('decoder', 'layers_0', 'self_attention', 'value', 'kernel'), 1),
-      (('decoder', 'layers_0', 'encoder_decoder_attention', 'out', 'kernel'),
-       0),  # (joined_kv, embed)
-      (('encoder', 'relpos_bias', 'rel_embedding'), 0),  # (heads, buckets)
+    (('encoder', 'layers_0', 'mlp', 'wi_0', 'kernel'), 1),  # (embed, mlp)
+    (('decoder', 'layers_0', 'mlp', 'wo', 'kernel'), 0),  # (mlp, embed)
+    (('token_embedder', 'embedding'), 0),  # (vocab, embed)
+    (('decoder', 'logits_dense', 'kernel'), 1),  # (embed, vocab)
+    (('encoder', 'layers_0', 'attention', 'query', 'kernel'), 1),
+    (('decoder', 'layers_0', 'self_attention', 'value', 'kernel'), 1),
+    (
+      ('decoder', 'layers_0', 'encoder_decoder_attention', 'out', 'kernel'),
+      0,
+    ),  # (joined_kv, embed)
+    (('encoder', 'relpos_bias', 'rel_embedding'), 0),  # (heads, buckets)
   ]
   for path, dim in expectations:
     array = params
@@ -296,34 +350,41 @@ def _check_model_sharding(params, model_size):
   assert all(s.data.shape == norm.shape for s in norm.addressable_shards)
 
 
-@pytest.mark.parametrize('mesh_shape,num_microbatches', [((4, 2), 1),
-                                                         ((2, 4), 2)])
-def test_sharded_training_equals_single_device(mesh_shape, num_microbatches,
-                                               initial_params, sgd_run):
+@pytest.mark.parametrize(
+  'mesh_shape,num_microbatches', [((4, 2), 1), ((2, 4), 2)]
+)
+def test_sharded_training_equals_single_device(
+  mesh_shape, num_microbatches, initial_params, sgd_run
+):
   single_params, single_metrics = sgd_run('dsbs', 1)
   batches = [_batch(seed) for seed in TRAIN_SEEDS]
 
   partitioner = partitioning.Partitioner(mesh_shape=mesh_shape)
-  assert dict(partitioner.mesh.shape) == {'data': mesh_shape[0],
-                                          'model': mesh_shape[1]}
+  assert dict(partitioner.mesh.shape) == {
+    'data': mesh_shape[0],
+    'model': mesh_shape[1],
+  }
   sharded_batch = partitioner.shard_full_batch(batches[0])
   for value in sharded_batch.values():
     assert _spec(value)[0] == partitioning.DATA
     rows = {shard.data.shape[0] for shard in value.addressable_shards}
     assert rows == {len(ROWS) // mesh_shape[0]}
 
-  trainer = trainer_lib.Trainer(_model('dsbs'), partitioner, _sgd('dsbs'),
-                                num_microbatches=num_microbatches)
+  trainer = trainer_lib.Trainer(
+    _model('dsbs'), partitioner, _sgd('dsbs'), num_microbatches=num_microbatches
+  )
   state = trainer.init_state(_shapes(batches[0]), initial_params)
   _check_model_sharding(state.params, mesh_shape[1])
   # The momentum follows its parameter's sharding.
   _check_model_sharding(state.opt_state.inner_state[0].trace, mesh_shape[1])
   for step, batch in enumerate(batches):
-    state, metrics = trainer.train_step(state,
-                                        partitioner.shard_full_batch(batch))
+    state, metrics = trainer.train_step(
+      state, partitioner.shard_full_batch(batch)
+    )
     metrics = trainer_lib.compute_metrics(metrics)
-    assert metrics['loss'] == pytest.approx(single_metrics[step]['loss'],
-                                            abs=1e-5)
+    assert metrics['loss'] == pytest.approx(
+      single_metrics[step]['loss'], abs=1e-5
+    )
     diff = _max_abs_diff(state.params, single_params[step])
     assert diff <= 1e-5, (step, diff)
   _check_model_sharding(state.params, mesh_shape[1])
@@ -347,15 +408,20 @@ def _expected_rate(schedule: str, step: int) -> float:
   return BASE * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-@pytest.mark.parametrize('schedule',
-                         ['constant', 'rsqrt', 'linear_decay', 'cosine_decay'])
+@pytest.mark.parametrize(
+  'schedule', ['constant', 'rsqrt', 'linear_decay', 'cosine_decay']
+)
 def test_learning_rate_schedule_shapes(schedule):
   rate = trainer_lib.learning_rate_schedule(
-      base_learning_rate=BASE, schedule=schedule, warmup_steps=WARMUP,
-      total_steps=TOTAL)
+    base_learning_rate=BASE,
+    schedule=schedule,
+    warmup_steps=WARMUP,
+    total_steps=TOTAL,
+  )
   for step in (0, 1, 5, 9, 10, 11, 20, 30, 49, 50, 60):
     assert float(rate(step)) == pytest.approx(
-        _expected_rate(schedule, step), rel=1e-6, abs=1e-9), step
+      _expected_rate(schedule, step), rel=1e-6, abs=1e-9
+    ), step
 
 
 def test_rsqrt_without_warmup_and_decays_need_total_steps():
@@ -375,23 +441,27 @@ def test_optimizers_record_their_learning_rate():
   schedule = lambda step: 0.1 * (step + 1)
   params = {'w': jnp.ones((3,))}
   grads = {'w': jnp.full((3,), 0.5)}
-  for optimizer in (trainer_lib.adamw(schedule),
-                    trainer_lib.adafactor(schedule)):
+  for optimizer in (
+    trainer_lib.adamw(schedule),
+    trainer_lib.adafactor(schedule),
+  ):
     state = optimizer.init(params)
     update = jax.jit(optimizer.update)
     for step in range(3):
       _, state = update(grads, state, params)
       assert float(trainer_lib.current_learning_rate(state)) == (
-          pytest.approx(0.1 * (step + 1)))
-  assert trainer_lib.current_learning_rate(
-      optax.sgd(0.1).init(params)) is None
+        pytest.approx(0.1 * (step + 1))
+      )
+  assert trainer_lib.current_learning_rate(optax.sgd(0.1).init(params)) is None
 
 
 # -- metrics ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('kind,num_microbatches', [('dsbs', 1), ('dsbs', 2),
-                                                   ('dsbs', 4), ('encdec', 2)])
+@pytest.mark.parametrize(
+  'kind,num_microbatches',
+  [('dsbs', 1), ('dsbs', 2), ('dsbs', 4), ('encdec', 2)],
+)
 def test_train_step_metrics(kind, num_microbatches, initial_params, sgd_run):
   params_after, metrics_of = sgd_run(kind, num_microbatches)
   params_before = [initial_params] + params_after[:-1]
@@ -399,27 +469,34 @@ def test_train_step_metrics(kind, num_microbatches, initial_params, sgd_run):
     batch = _batch(seed)
     metrics = metrics_of[step]
     (loss, (nll, logits)), grads = jax.device_get(
-        _reference(kind, params_before[step], batch))
+      _reference(kind, params_before[step], batch)
+    )
     assert metrics['loss'] == pytest.approx(float(loss), rel=1e-5)
-    grad_norm = math.sqrt(sum(np.sum(np.square(g, dtype=np.float64))
-                              for g in jax.tree.leaves(grads)))
+    grad_norm = math.sqrt(
+      sum(
+        np.sum(np.square(g, dtype=np.float64)) for g in jax.tree.leaves(grads)
+      )
+    )
     assert metrics['grad_norm'] == pytest.approx(grad_norm, rel=1e-5)
     correct = np.argmax(logits, -1) == batch['decoder_target_tokens']
     real = batch['decoder_target_tokens'] > 0
-    assert metrics['accuracy'] == pytest.approx(correct[real].mean(),
-                                                rel=1e-6)
+    assert metrics['accuracy'] == pytest.approx(correct[real].mean(), rel=1e-6)
     assert metrics['target_tokens'] == real.sum()
     if kind == 'encdec':  # plain optax.sgd records no learning rate
       assert 'learning_rate' not in metrics
       continue
     assert metrics['learning_rate'] == pytest.approx(
-        _sgd_rate(kind, step), rel=1e-6), step
+      _sgd_rate(kind, step), rel=1e-6
+    ), step
     assert metrics['label_loss'] == pytest.approx(
-        float(_task_mean(nll, batch, 1)), rel=1e-5)
+      float(_task_mean(nll, batch, 1)), rel=1e-5
+    )
     assert metrics['rationale_loss'] == pytest.approx(
-        float(_task_mean(nll, batch, 2)), rel=1e-5)
+      float(_task_mean(nll, batch, 2)), rel=1e-5
+    )
     label = real & (batch['decoder_task_ids'] == 1)
-    assert metrics['label_accuracy'] == pytest.approx(correct[label].mean(),
-                                                      rel=1e-6)
+    assert metrics['label_accuracy'] == pytest.approx(
+      correct[label].mean(), rel=1e-6
+    )
     assert metrics['label_tokens'] == sum(n for _, n, t in ROWS if t == 1)
     assert metrics['rationale_tokens'] == sum(n for _, n, t in ROWS if t == 2)

@@ -18,10 +18,9 @@ them.
 
 import dataclasses
 import time
-from typing import Any, Optional
+from typing import Any
 
 from absl import flags
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -31,27 +30,41 @@ from dsbs_jax import network
 from dsbs_jax import partitioning
 from dsbs_jax import train as train_lib
 from dsbs_jax import trainer as trainer_lib
+import gin
 
 _WARMUP_STEPS = flags.DEFINE_integer(
-    'warmup_steps', 2, 'Untimed steps between compiling and timing.',
-    lower_bound=0)
+  'warmup_steps',
+  2,
+  'Untimed steps between compiling and timing.',
+  lower_bound=0,
+)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.', lower_bound=1)
 _PEAK_TFLOPS = flags.DEFINE_float(
-    'peak_tflops', None,
-    'Peak TFLOP/s of one device (the chip\'s datasheet figure for the '
-    'model\'s dtype), the denominator of the utilisations.')
+  'peak_tflops',
+  None,
+  "Peak TFLOP/s of one device (the chip's datasheet figure for the "
+  "model's dtype), the denominator of the utilisations.",
+)
 _MEASURE_PEAK = flags.DEFINE_bool(
-    'measure_peak', False,
-    'Measure the peak instead: TFLOP/s of a square matmul in the model\'s '
-    'dtype on one device.')
+  'measure_peak',
+  False,
+  "Measure the peak instead: TFLOP/s of a square matmul in the model's "
+  'dtype on one device.',
+)
 _PEAK_MATMUL_SIZE = flags.DEFINE_integer(
-    'peak_matmul_size', 8192, 'Side of the matmul that --measure_peak times.',
-    lower_bound=1)
+  'peak_matmul_size',
+  8192,
+  'Side of the matmul that --measure_peak times.',
+  lower_bound=1,
+)
 
 
-def model_flops_per_step(config: network.T5Config, batch_size: int,
-                         inputs_length: int,
-                         targets_length: int) -> dict[str, float]:
+def model_flops_per_step(
+  config: network.T5Config,
+  batch_size: int,
+  inputs_length: int,
+  targets_length: int,
+) -> dict[str, float]:
   """Model FLOPs of one training step, for the encoder and the decoder.
 
   Forward and backward cost 3 forward passes of 2 FLOPs per multiply-add. A
@@ -66,13 +79,20 @@ def model_flops_per_step(config: network.T5Config, batch_size: int,
   mlp = (len(config.mlp_activations) + 1) * d * config.mlp_dim
   e, t = inputs_length, targets_length
   encoder_layer = e * (4 * d * inner + mlp) + 2 * e * e * inner
-  decoder_layer = (t * (6 * d * inner + mlp) + e * 2 * d * inner +
-                   2 * t * t * inner + 2 * t * e * inner)
+  decoder_layer = (
+    t * (6 * d * inner + mlp)
+    + e * 2 * d * inner
+    + 2 * t * t * inner
+    + 2 * t * e * inner
+  )
   encoder = config.num_encoder_layers * encoder_layer
-  decoder = (config.num_decoder_layers * decoder_layer +
-             t * d * config.vocab_size)
-  return {'encoder': 6.0 * batch_size * encoder,
-          'decoder': 6.0 * batch_size * decoder}
+  decoder = (
+    config.num_decoder_layers * decoder_layer + t * d * config.vocab_size
+  )
+  return {
+    'encoder': 6.0 * batch_size * encoder,
+    'decoder': 6.0 * batch_size * decoder,
+  }
 
 
 def measure_peak_tflops(dtype: Any, size: int, repeats: int = 10) -> float:
@@ -89,15 +109,17 @@ def measure_peak_tflops(dtype: Any, size: int, repeats: int = 10) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def peak_memory_bytes() -> Optional[int]:
+def peak_memory_bytes() -> int | None:
   """The largest peak in use on this host's devices, if the backend says."""
-  peaks = [(device.memory_stats() or {}).get('peak_bytes_in_use')
-           for device in jax.local_devices()]
+  peaks = [
+    (device.memory_stats() or {}).get('peak_bytes_in_use')
+    for device in jax.local_devices()
+  ]
   peaks = [peak for peak in peaks if peak is not None]
   return max(peaks) if peaks else None
 
 
-def _line(name: str, value: Optional[float], note: str = '') -> None:
+def _line(name: str, value: float | None, note: str = '') -> None:
   text = 'n/a' if value is None else f'{value:.4g}'
   print(f'{name}: {text}' + (f' ({note})' if note else ''))
 
@@ -113,8 +135,9 @@ class Timing:
   target_tokens: int  # non-padding, in the timed steps, on all hosts
 
 
-def time_train_steps(trainer: trainer_lib.Trainer,
-                     train_dataset: data.DatasetConfig) -> Timing:
+def time_train_steps(
+  trainer: trainer_lib.Trainer, train_dataset: data.DatasetConfig
+) -> Timing:
   """Compiles the train step, warms up, then times `--steps` steps."""
   model, partitioner = trainer.model, trainer.partitioner
   converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset.pack)
@@ -136,20 +159,30 @@ def time_train_steps(trainer: trainer_lib.Trainer,
     local_batch = next(batches)
     batch_examples, batch_tokens = data.batch_statistics(local_batch)
     examples, tokens = examples + batch_examples, tokens + batch_tokens
-    state, metrics = trainer.train_step(state,
-                                        partitioner.global_batch(local_batch))
+    state, metrics = trainer.train_step(
+      state, partitioner.global_batch(local_batch)
+    )
   jax.block_until_ready((state, metrics))
-  return Timing(compiled, compile_seconds, time.perf_counter() - start,
-                examples * jax.process_count(), tokens * jax.process_count())
+  return Timing(
+    compiled,
+    compile_seconds,
+    time.perf_counter() - start,
+    examples * jax.process_count(),
+    tokens * jax.process_count(),
+  )
 
 
-def report(timing: Timing, trainer: trainer_lib.Trainer,
-           train_dataset: data.DatasetConfig) -> None:
+def report(
+  timing: Timing,
+  trainer: trainer_lib.Trainer,
+  train_dataset: data.DatasetConfig,
+) -> None:
   """Prints the measurements, one `name: value (note)` line each."""
   config = trainer.model.module.config
   lengths = train_dataset.task_feature_lengths
-  model_flops = model_flops_per_step(config, train_dataset.batch_size,
-                                     lengths['inputs'], lengths['targets'])
+  model_flops = model_flops_per_step(
+    config, train_dataset.batch_size, lengths['inputs'], lengths['targets']
+  )
   model_total = model_flops['encoder'] + model_flops['decoder']
   # Per device: the partitioned program is the same on every device.
   xla_flops = (timing.compiled.cost_analysis() or {}).get('flops')
@@ -157,49 +190,80 @@ def report(timing: Timing, trainer: trainer_lib.Trainer,
     xla_flops *= jax.device_count()
   if _MEASURE_PEAK.value:
     peak = measure_peak_tflops(config.dtype, _PEAK_MATMUL_SIZE.value)
-    peak_note = (f'measured: {jnp.dtype(config.dtype).name} '
-                 f'{_PEAK_MATMUL_SIZE.value}² matmul on one device')
+    peak_note = (
+      f'measured: {jnp.dtype(config.dtype).name} '
+      f'{_PEAK_MATMUL_SIZE.value}² matmul on one device'
+    )
   else:
     peak = _PEAK_TFLOPS.value
-    peak_note = ('given' if peak else
-                 'give --peak_tflops or --measure_peak for utilisations')
+    peak_note = (
+      'given'
+      if peak
+      else 'give --peak_tflops or --measure_peak for utilisations'
+    )
   total_peak = peak * 1e12 * jax.device_count() if peak else None
-  rates = train_lib.throughput(_STEPS.value, timing.seconds, timing.examples,
-                               timing.target_tokens)
+  rates = train_lib.throughput(
+    _STEPS.value, timing.seconds, timing.examples, timing.target_tokens
+  )
 
   mesh = trainer.partitioner.mesh.shape
-  print(f'devices: {jax.device_count()} x {jax.devices()[0].platform} in '
-        f'{jax.process_count()} process(es), mesh data={mesh["data"]} '
-        f'model={mesh["model"]}')
-  print(f'batch: {train_dataset.batch_size} sequences, lengths '
-        f'{dict(train_dataset.task_feature_lengths)}, '
-        f'{trainer.num_microbatches} microbatch(es); '
-        f'{_WARMUP_STEPS.value} warm-up and {_STEPS.value} timed steps')
+  print(
+    f'devices: {jax.device_count()} x {jax.devices()[0].platform} in '
+    f'{jax.process_count()} process(es), mesh data={mesh["data"]} '
+    f'model={mesh["model"]}'
+  )
+  print(
+    f'batch: {train_dataset.batch_size} sequences, lengths '
+    f'{dict(train_dataset.task_feature_lengths)}, '
+    f'{trainer.num_microbatches} microbatch(es); '
+    f'{_WARMUP_STEPS.value} warm-up and {_STEPS.value} timed steps'
+  )
   _line('compile_seconds', timing.compile_seconds)
   _line('steps_per_second', rates['steps_per_second'])
   _line('examples_per_second', rates['examples_per_second'])
-  _line('target_tokens_per_second', rates['target_tokens_per_second'],
-        'non-padding')
-  _line('model_flops_per_step', model_total,
-        f'analytic: encoder {model_flops["encoder"]:.4g}, '
-        f'decoder {model_flops["decoder"]:.4g}')
+  _line(
+    'target_tokens_per_second', rates['target_tokens_per_second'], 'non-padding'
+  )
+  _line(
+    'model_flops_per_step',
+    model_total,
+    f'analytic: encoder {model_flops["encoder"]:.4g}, '
+    f'decoder {model_flops["decoder"]:.4g}',
+  )
   _line('xla_flops_per_step', xla_flops, 'XLA cost analysis, all devices')
   _line('peak_tflops_per_device', peak, peak_note)
-  for name, flops in (('model_flops_utilisation', model_total),
-                      ('xla_flops_utilisation', xla_flops)):
-    _line(name, flops * rates['steps_per_second'] / total_peak
-          if flops and total_peak else None)
+  for name, flops in (
+    ('model_flops_utilisation', model_total),
+    ('xla_flops_utilisation', xla_flops),
+  ):
+    _line(
+      name,
+      flops * rates['steps_per_second'] / total_peak
+      if flops and total_peak
+      else None,
+    )
   memory = timing.compiled.memory_analysis()
-  used = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
-          memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-  _line('xla_memory_bytes_per_device', used,
-        f'arguments {memory.argument_size_in_bytes}, outputs '
-        f'{memory.output_size_in_bytes}, aliased {memory.alias_size_in_bytes},'
-        f' temporaries {memory.temp_size_in_bytes}')
+  used = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
+  _line(
+    'xla_memory_bytes_per_device',
+    used,
+    f'arguments {memory.argument_size_in_bytes}, outputs '
+    f'{memory.output_size_in_bytes}, aliased {memory.alias_size_in_bytes},'
+    f' temporaries {memory.temp_size_in_bytes}',
+  )
   peak_memory = peak_memory_bytes()
-  _line('peak_memory_bytes_per_device', peak_memory,
-        'largest on this host' if peak_memory is not None else
-        f'not reported by the {jax.devices()[0].platform} backend')
+  _line(
+    'peak_memory_bytes_per_device',
+    peak_memory,
+    'largest on this host'
+    if peak_memory is not None
+    else f'not reported by the {jax.devices()[0].platform} backend',
+  )
 
 
 def main(argv) -> None:
@@ -212,12 +276,14 @@ def main(argv) -> None:
     for name in ('model', 'train_dataset'):
       if name not in bindings:
         raise gin_utils.GinConfigError(
-            f'train.train.{name} is not bound; add a run file such as '
-            '--gin_file=runs/dsbs.gin.')
+          f'train.train.{name} is not bound; add a run file such as '
+          '--gin_file=runs/dsbs.gin.'
+        )
     trainer_cls = bindings.get('trainer_cls', trainer_lib.Trainer)
     trainer = trainer_cls(
-        model=bindings['model'],
-        partitioner=bindings.get('partitioner') or partitioning.Partitioner())
+      model=bindings['model'],
+      partitioner=bindings.get('partitioner') or partitioning.Partitioner(),
+    )
     timing = time_train_steps(trainer, bindings['train_dataset'])
   if jax.process_index() == 0:
     report(timing, trainer, bindings['train_dataset'])
