@@ -10,6 +10,7 @@ _CORE = [
   'jax>=0.10.2',
   'msgpack',
   'numpy>=2.0',
+  'openai>=1.0',
   'optax>=0.2.8',
   'orbax-checkpoint>=0.12.8',
   'safetensors',
@@ -19,6 +20,7 @@ _CORE = [
   'tensorboard',
   'tensorflow-datasets>=4.9.10',
   'tensorstore>=0.1.86',
+  'tqdm',
 ]
 
 setuptools.setup(
@@ -32,12 +34,17 @@ setuptools.setup(
   long_description_content_type='text/markdown',
   python_requires='>=3.11',
   # gin/ ships inside the package as dsbs_jax/gin (gin_utils finds either).
-  packages=['dsbs_jax', 'dsbs_jax.gin', 'tasks'],
-  package_dir={'dsbs_jax.gin': 'gin'},
-  package_data={'dsbs_jax.gin': ['*/*.gin']},
+  # tasks/ installs as `dsbs_tasks`: a top-level `tasks` is a generic name
+  # that other installs may also claim.
+  packages=['dsbs_jax', 'dsbs_jax.gin', 'dsbs_tasks'],
+  package_dir={'dsbs_jax.gin': 'gin', 'dsbs_tasks': 'tasks'},
+  package_data={
+    'dsbs_jax.gin': ['*/*.gin'],
+    'dsbs_tasks': ['prompts/*.txt', 'prompts/*.jsonl'],
+  },
   install_requires=_CORE,
   extras_require={
-    'test': ['pytest>=8', 'torch==2.13.0', 'transformers>=5.0'],
+    'test': ['pytest>=8', 'torch==2.13.0', 'transformers>=5.0', 'ruff==0.17.6'],
     'tpu': ['jax[tpu]'],
     'gpu': ['jax[cuda12]'],
     # t5x is not on PyPI: install it from its repository (see README.md).
@@ -45,9 +52,11 @@ setuptools.setup(
   },
   entry_points={
     'console_scripts': [
-      'dsbs-train = dsbs_jax.train:console_main',
-      'dsbs-eval = dsbs_jax.eval:console_main',
-      'dsbs-infer = dsbs_jax.infer:console_main',
+      'dsbs-train = dsbs_jax.train:main',
+      'dsbs-eval = dsbs_jax.eval:main',
+      'dsbs-infer = dsbs_jax.infer:main',
+      'dsbs-export-hf = dsbs_jax.export_hf:main',
+      'dsbs-annotate = dsbs_tasks.annotate:main',
     ],
   },
 )

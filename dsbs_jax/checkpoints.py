@@ -1,533 +1,29 @@
-"""Checkpoints: importing T5 weights from t5x and HuggingFace.
+"""Train-state checkpoints of our own runs: orbax save, resume and restore.
 
-`load_params(path)` returns the parameter tree of `dsbs_jax.network.Transformer`
-(t5x's example T5 tree, float32 numpy arrays) from any of:
-
-* a t5x legacy checkpoint directory (msgpack `checkpoint` + zarr arrays),
-* a t5x orbax checkpoint directory (`state/`, OCDBT),
-* a HuggingFace `T5ForConditionalGeneration` folder (`config.json` with
-  safetensors or `pytorch_model.bin` weights, possibly sharded).
-
-Paths may be local or anything tensorstore and `etils.epath` open (`gs://`).
-Only the parameters (t5x's `target`) are read, never the optimizer state.
+This module's one job is our own checkpoints (`checkpoint_<step>/` in
+MODEL_DIR, as t5x names them): saving the train state asynchronously and
+atomically, resuming from the newest one, and restoring parameters for
+evaluation. Foreign checkpoints (t5x, HuggingFace) are read by
+`checkpoint_import`, which `restore_params` falls back to.
 """
 
-import collections
-from collections.abc import Mapping
-import json
+from collections.abc import Iterator
+import contextlib
+import logging
 import os
-import pickle
+import re
+import sys
 from typing import Any
-from typing import BinaryIO
-import zipfile
+import warnings
 
 from etils import epath
-from flax import linen as nn
-from flax import serialization
 from flax import traverse_util
 import jax
-import jax.numpy as jnp
-import ml_dtypes
-import numpy as np
 import orbax.checkpoint as ocp
-import safetensors
-import tensorstore as ts
 
+from dsbs_jax import checkpoint_import
 from dsbs_jax import errors
 from dsbs_jax import network
-
-Params = dict[str, Any]  # nested dict of float32 np.ndarray
-
-
-class CheckpointError(errors.UserError, ValueError):
-  """A checkpoint that is missing, unreadable or does not fit the model."""
-
-
-_Key = tuple[str, ...]
-
-# ----------------------------------------------------------------------------
-# Importing parameters
-# ----------------------------------------------------------------------------
-
-
-def load_params(
-  path: str | os.PathLike[str], config: network.T5Config | None = None
-) -> Params:
-  """Parameters of a t5x or HuggingFace T5 checkpoint, in t5x's tree.
-
-  With `config`, the tree is checked against the network it configures
-  (`check_params`). A HuggingFace folder is always checked against its own
-  `config.json`, tensor by tensor, so an error names the HuggingFace tensor.
-  """
-  directory = epath.Path(path)
-  if (directory / 'checkpoint').exists():
-    params = _load_t5x_legacy(directory)
-  elif (directory / 'state').is_dir():
-    params = _load_t5x_orbax(directory / 'state')
-  elif (directory / 'config.json').exists():
-    params = _load_hf(directory)
-  else:
-    raise CheckpointError(
-      f'{directory} is not a t5x checkpoint (no `checkpoint` file, no '
-      '`state/` folder) nor a HuggingFace folder (no `config.json`).'
-    )
-  if config is not None:
-    check_params(params, config)
-  return params
-
-
-def param_shapes(config: network.T5Config) -> dict[_Key, tuple[int, ...]]:
-  """Flattened parameter shapes of `Transformer(config)`, without allocating."""
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  variables = jax.eval_shape(
-    lambda: network.Transformer(config).init(
-      jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False
-    )
-  )
-  flat = traverse_util.flatten_dict(nn.unbox(variables['params']))
-  return {key: tuple(leaf.shape) for key, leaf in flat.items()}
-
-
-def check_params(params: Params, config: network.T5Config) -> None:
-  """Raises naming each missing, unexpected or misshapen parameter."""
-  expected = param_shapes(config)
-  actual = traverse_util.flatten_dict(params)
-  problems = [
-    f'missing {"/".join(k)} {expected[k]}' for k in expected if k not in actual
-  ]
-  problems += [
-    f'unexpected {"/".join(k)} {np.shape(actual[k])}'
-    for k in actual
-    if k not in expected
-  ]
-  problems += [
-    f'{"/".join(k)} has shape {np.shape(actual[k])}, expected {expected[k]}'
-    for k in expected
-    if k in actual and np.shape(actual[k]) != expected[k]
-  ]
-  if problems:
-    raise CheckpointError(
-      'Parameters do not match the T5 config: ' + '; '.join(problems)
-    )
-
-
-def config_from_hf(path: str | os.PathLike[str]) -> network.T5Config:
-  """The `T5Config` of a HuggingFace T5 folder (its `config.json`)."""
-  hf = _hf_config(epath.Path(path))
-  if hf.get('model_type', 't5') not in ('t5', 'mt5'):
-    raise CheckpointError(
-      f'{path}: model_type {hf["model_type"]!r} is not T5/mT5.'
-    )
-  proj = hf['feed_forward_proj']
-  gated, _, act = proj.rpartition('-')
-  if gated not in ('', 'gated'):
-    raise CheckpointError(f'{path}: unknown feed_forward_proj {proj!r}.')
-  if proj == 'gated-gelu':
-    act = 'gelu_new'  # HuggingFace's alias: the tanh-approximate GELU.
-  if act not in _FLAX_ACTIVATIONS:
-    raise CheckpointError(
-      f"{path}: activation {act!r} has no t5x equivalent (flax's gelu is "
-      f'the tanh approximation); supported: {sorted(_FLAX_ACTIVATIONS)}.'
-    )
-  activation = _FLAX_ACTIVATIONS[act]
-  return network.T5Config(
-    vocab_size=hf['vocab_size'],
-    emb_dim=hf['d_model'],
-    num_heads=hf['num_heads'],
-    num_encoder_layers=hf['num_layers'],
-    num_decoder_layers=hf['num_decoder_layers'] or hf['num_layers'],
-    head_dim=hf['d_kv'],
-    mlp_dim=hf['d_ff'],
-    mlp_activations=(activation, 'linear') if gated else (activation,),
-    dropout_rate=hf['dropout_rate'],
-    logits_via_embedding=_logits_via_embedding(hf),
-    num_buckets=hf['relative_attention_num_buckets'],
-    max_distance=hf['relative_attention_max_distance'],
-    layer_norm_epsilon=hf['layer_norm_epsilon'],
-  )
-
-
-# --- t5x legacy: msgpack tree whose large leaves are tensorstore specs -------
-
-
-def _load_t5x_legacy(directory: epath.Path) -> Params:
-  """Reads `target` of a t5x msgpack checkpoint; zarr arrays concurrently."""
-  state = serialization.msgpack_restore((directory / 'checkpoint').read_bytes())
-  target = traverse_util.flatten_dict(
-    state['optimizer']['target'],
-    is_leaf=lambda _, value: isinstance(value, dict) and 'driver' in value,
-  )
-  opened = {
-    key: ts.open(_absolute_spec(directory, leaf))
-    for key, leaf in target.items()
-    if isinstance(leaf, dict)
-  }
-  reads = {key: store.result().read() for key, store in opened.items()}
-  flat = {
-    key: np.asarray(reads[key].result() if key in reads else leaf, np.float32)
-    for key, leaf in target.items()
-  }
-  return traverse_util.unflatten_dict(flat)
-
-
-def _absolute_spec(directory: epath.Path, spec: dict[str, Any]) -> dict:
-  """A leaf's spec with its path, stored relative, under `directory`.
-
-  Like t5x, the stored kvstore driver and bucket are ignored (a checkpoint
-  copied between GCS and local disk stays readable); the directory decides.
-  Specs written with tensorstore < 0.1.14 keep the path at the top level.
-  """
-  spec = dict(spec)
-  relative = spec['kvstore'].get('path') or spec.pop('path')
-  location = os.path.join(os.fspath(directory), relative)
-  # tensorstore parses URLs (gs://bucket/..., s3://...) as kvstore specs.
-  spec['kvstore'] = (
-    location
-    if '://' in location
-    else {'driver': 'file', 'path': os.path.abspath(location)}
-  )
-  return spec
-
-
-# --- t5x orbax: a PyTreeCheckpointHandler item {target, state} --------------
-
-
-def _load_t5x_orbax(state_dir: epath.Path) -> Params:
-  """Restores only `target` from a t5x orbax item, as numpy arrays."""
-  state_dir = state_dir.absolute()  # orbax's OCDBT reader insists.
-  handler = ocp.PyTreeCheckpointHandler()
-  target = handler.metadata(state_dir).tree['target']
-  as_numpy = jax.tree.map(
-    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
-  )
-  restored = ocp.Checkpointer(handler).restore(
-    state_dir,
-    args=ocp.args.PyTreeRestore(
-      item={'target': target},
-      restore_args={'target': as_numpy},
-      partial_restore=True,
-    ),
-  )
-  return jax.tree.map(lambda x: np.asarray(x, np.float32), restored['target'])
-
-
-# --- HuggingFace T5ForConditionalGeneration ---------------------------------
-
-# HuggingFace activation name -> flax.linen function name (both tanh GELU).
-_FLAX_ACTIVATIONS = {'relu': 'relu', 'gelu_new': 'gelu', 'silu': 'silu'}
-
-# transformers' T5Config defaults: config.json may omit keys at their default.
-_HF_DEFAULTS = {
-  'vocab_size': 32128,
-  'd_model': 512,
-  'd_kv': 64,
-  'd_ff': 2048,
-  'num_layers': 6,
-  'num_decoder_layers': None,
-  'num_heads': 8,
-  'relative_attention_num_buckets': 32,
-  'relative_attention_max_distance': 128,
-  'dropout_rate': 0.1,
-  'layer_norm_epsilon': 1e-6,
-  'feed_forward_proj': 'relu',
-  'tie_word_embeddings': True,
-}
-
-# Names of t5x layer submodules in HuggingFace's `{stack}.block.{i}`.
-_HF_LAYER = {
-  'encoder': {
-    'attention': 'layer.0.SelfAttention',
-    'pre_attention_layer_norm': 'layer.0.layer_norm',
-    'mlp': 'layer.1.DenseReluDense',
-    'pre_mlp_layer_norm': 'layer.1.layer_norm',
-  },
-  'decoder': {
-    'self_attention': 'layer.0.SelfAttention',
-    'pre_self_attention_layer_norm': 'layer.0.layer_norm',
-    'encoder_decoder_attention': 'layer.1.EncDecAttention',
-    'pre_cross_attention_layer_norm': 'layer.1.layer_norm',
-    'mlp': 'layer.2.DenseReluDense',
-    'pre_mlp_layer_norm': 'layer.2.layer_norm',
-  },
-}
-_HF_PROJECTION = {'query': 'q', 'key': 'k', 'value': 'v', 'out': 'o'}
-
-# Tensors HuggingFace writes but never reads as parameters of their own:
-# copies of `shared.weight`, and a cross-attention bias old T5 files carry.
-_HF_REDUNDANT = {
-  'encoder.embed_tokens.weight',
-  'decoder.embed_tokens.weight',
-  'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight',
-}
-
-
-def _hf_config(directory: epath.Path) -> dict[str, Any]:
-  return _HF_DEFAULTS | json.loads((directory / 'config.json').read_text())
-
-
-def _logits_via_embedding(hf: Mapping[str, Any]) -> bool:
-  """Whether logits are the scaled embedding (T5 1.0) or `lm_head` (T5.1.1).
-
-  transformers < 5 writes `tie_word_embeddings: false` for T5.1.1;
-  transformers 5 always writes true and records the difference as
-  `scale_decoder_outputs: false` instead.
-  """
-  return hf.get('scale_decoder_outputs', hf['tie_word_embeddings'])
-
-
-def _hf_name(key: _Key) -> str:
-  """HuggingFace name of the t5x parameter `key`."""
-  match key:
-    case ('token_embedder', 'embedding'):
-      return 'shared.weight'
-    case ('decoder', 'logits_dense', 'kernel'):
-      return 'lm_head.weight'
-    case (stack, 'relpos_bias', 'rel_embedding'):
-      return (
-        f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight'
-      )
-    case (stack, 'encoder_norm' | 'decoder_norm', 'scale'):
-      return f'{stack}.final_layer_norm.weight'
-    case (stack, layer, norm, 'scale') if layer.startswith('layers_'):
-      return f'{stack}.block.{layer[7:]}.{_HF_LAYER[stack][norm]}.weight'
-    case (stack, layer, module, projection, 'kernel') if layer.startswith(
-      'layers_'
-    ):
-      return (
-        f'{stack}.block.{layer[7:]}.{_HF_LAYER[stack][module]}.'
-        f'{_HF_PROJECTION.get(projection, projection)}.weight'
-      )
-  raise CheckpointError(
-    f'No HuggingFace name for t5x parameter {"/".join(key)}.'
-  )
-
-
-def _load_hf(directory: epath.Path) -> Params:
-  """Maps HuggingFace tensors onto the tree its config.json implies.
-
-  Linear weights are stored (out, in) and the relative attention bias
-  (buckets, heads): both are transposed to t5x's layout.
-  """
-  hf = _hf_config(directory)
-  tensors = _read_hf_tensors(directory)
-  tied = _logits_via_embedding(hf)
-  if (
-    tied
-    and 'lm_head.weight' in tensors
-    and not np.array_equal(tensors['lm_head.weight'], tensors['shared.weight'])
-  ):
-    raise CheckpointError(
-      f'{directory}: lm_head.weight differs from shared.weight although the '
-      'config ties them (logits via the scaled embedding); t5x has no '
-      'scaled separate head.'
-    )
-  flat, used = {}, set(_HF_REDUNDANT) | {'lm_head.weight'}
-  for key, shape in param_shapes(config_from_hf(directory)).items():
-    name = _hf_name(key)
-    if (
-      name == 'lm_head.weight'
-      and name not in tensors
-      and hf['tie_word_embeddings']
-    ):
-      name = 'shared.weight'  # transformers 5: an unscaled head tied to it.
-    if name not in tensors:
-      raise CheckpointError(
-        f'{directory}: missing tensor {name} (t5x '
-        f'{"/".join(key)}, shape {shape}).'
-      )
-    transposed = key[-1] in ('kernel', 'rel_embedding')
-    value = tensors[name].T if transposed else tensors[name]
-    if value.shape != shape:
-      raise CheckpointError(
-        f'{directory}: tensor {name} (t5x {"/".join(key)}) has shape '
-        f'{tensors[name].shape}; config.json implies '
-        f'{shape[::-1] if transposed else shape}.'
-      )
-    flat[key] = np.ascontiguousarray(value, np.float32)
-    used.add(name)
-  unexpected = sorted(set(tensors) - used)
-  if unexpected:
-    raise CheckpointError(
-      f'{directory}: tensors not in a T5 of this config: '
-      f'{", ".join(unexpected)}.'
-    )
-  return traverse_util.unflatten_dict(flat)
-
-
-def _read_hf_tensors(directory: epath.Path) -> dict[str, np.ndarray]:
-  """All tensors of the folder's weights: safetensors preferred, then .bin."""
-  for weights, read in (
-    ('model.safetensors', _read_safetensors),
-    ('pytorch_model.bin', load_torch_state_dict),
-  ):
-    if (directory / weights).exists():
-      return read(directory / weights)
-    index = directory / f'{weights}.index.json'
-    if index.exists():
-      shards = sorted(set(json.loads(index.read_text())['weight_map'].values()))
-      return {
-        name: value
-        for shard in shards
-        for name, value in read(directory / shard).items()
-      }
-  raise CheckpointError(
-    f'{directory}: no model.safetensors or pytorch_model.bin (or their '
-    '.index.json).'
-  )
-
-
-_SAFETENSORS_DTYPES = {
-  'F64': np.float64,
-  'F32': np.float32,
-  'F16': np.float16,
-  'BF16': ml_dtypes.bfloat16,
-}
-
-
-def _read_safetensors(path: epath.Path) -> dict[str, np.ndarray]:
-  """safetensors' own parser; the dtype map adds bfloat16, which numpy lacks."""
-  tensors = {}
-  for name, tensor in safetensors.deserialize(path.read_bytes()):
-    if tensor['dtype'] not in _SAFETENSORS_DTYPES:
-      raise CheckpointError(
-        f'{path}: tensor {name} has dtype {tensor["dtype"]}, not a float.'
-      )
-    tensors[name] = np.frombuffer(
-      tensor['data'], _SAFETENSORS_DTYPES[tensor['dtype']]
-    ).reshape(tensor['shape'])
-  return tensors
-
-
-# --- torch.save zip archives, read without torch and without running code --
-
-_TORCH_STORAGES = {
-  'DoubleStorage': np.float64,
-  'FloatStorage': np.float32,
-  'HalfStorage': np.float16,
-  'BFloat16Storage': ml_dtypes.bfloat16,
-  'LongStorage': np.int64,
-  'IntStorage': np.int32,
-  'ShortStorage': np.int16,
-  'CharStorage': np.int8,
-  'ByteStorage': np.uint8,
-  'BoolStorage': np.bool_,
-}
-
-
-def load_torch_state_dict(
-  path: str | os.PathLike[str],
-) -> dict[str, np.ndarray]:
-  """A `torch.save`d state dict as numpy arrays, without importing torch.
-
-  The pickle may only name torch's tensor rebuild function, its storage
-  types and `collections.OrderedDict`; anything else (which could run
-  arbitrary code on load) is refused before it is called.
-  """
-  path = epath.Path(path)
-  with path.open('rb') as f:
-    if not zipfile.is_zipfile(f):
-      raise CheckpointError(
-        f'{path}: not a zip archive; torch < 1.6 formats are '
-        'not supported (convert the weights to safetensors).'
-      )
-    with zipfile.ZipFile(f) as archive:
-      state = _read_torch_archive(archive, path)
-  if not isinstance(state, dict) or not all(
-    isinstance(v, np.ndarray) for v in state.values()
-  ):
-    raise CheckpointError(f'{path}: does not hold a state dict of tensors.')
-  return dict(state)
-
-
-def _read_torch_archive(archive: zipfile.ZipFile, path: epath.Path) -> Any:
-  """The object a torch.save zip archive pickled, each storage read once."""
-  pickles = [n for n in archive.namelist() if n.endswith('/data.pkl')]
-  if len(pickles) != 1:
-    raise CheckpointError(
-      f'{path}: not a torch.save archive (no single data.pkl).'
-    )
-  prefix = pickles[0][: -len('data.pkl')]
-  big_endian = (
-    f'{prefix}byteorder' in archive.namelist()
-    and archive.read(f'{prefix}byteorder') == b'big'
-  )
-  with archive.open(pickles[0]) as data:
-    return _TorchUnpickler(data, archive, prefix, big_endian, path).load()
-
-
-class _TorchUnpickler(pickle.Unpickler):
-  """Rebuilds tensors as numpy arrays from the archive's raw storages."""
-
-  def __init__(
-    self,
-    data: BinaryIO,
-    archive: zipfile.ZipFile,
-    prefix: str,
-    big_endian: bool,
-    path: epath.Path,
-  ):
-    super().__init__(data)
-    self._archive = archive
-    self._prefix = prefix
-    self._byteorder = '>' if big_endian else '<'
-    self._path = path
-    self._storages: dict[str, np.ndarray] = {}
-
-  def find_class(self, module: str, name: str) -> Any:
-    if module == 'torch' and name in _TORCH_STORAGES:
-      return np.dtype(_TORCH_STORAGES[name])
-    if (module, name) == ('torch._utils', '_rebuild_tensor_v2'):
-      return _rebuild_tensor
-    if (module, name) == ('collections', 'OrderedDict'):
-      return collections.OrderedDict
-    raise pickle.UnpicklingError(
-      f'{self._path}: refusing to load {module}.{name}: a state dict of '
-      'tensors only needs torch storages, torch._utils._rebuild_tensor_v2 '
-      'and collections.OrderedDict.'
-    )
-
-  def persistent_load(self, pid: Any) -> np.ndarray:
-    match pid:
-      case ('storage', np.dtype() as dtype, str() as key, _, _):
-        if key not in self._storages:
-          raw = self._archive.read(f'{self._prefix}data/{key}')
-          self._storages[key] = np.frombuffer(
-            raw, dtype.newbyteorder(self._byteorder)
-          )
-        return self._storages[key]
-    raise pickle.UnpicklingError(f'{self._path}: unknown persistent id {pid}.')
-
-
-def _rebuild_tensor(
-  storage: np.ndarray,
-  offset: int,
-  size: tuple[int, ...],
-  stride: tuple[int, ...],
-  *unused: Any,
-) -> np.ndarray:
-  """A copy of the strided view torch describes, bounds-checked first."""
-  del unused  # requires_grad, backward hooks, metadata.
-  if not isinstance(storage, np.ndarray):
-    raise pickle.UnpicklingError('tensor without a storage')
-  if 0 in size:
-    return np.zeros(size, storage.dtype)
-  last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-  if (
-    len(size) != len(stride)
-    or offset < 0
-    or min(stride, default=0) < 0
-    or last >= storage.size
-  ):
-    raise pickle.UnpicklingError('tensor reaches outside its storage')
-  view = np.lib.stride_tricks.as_strided(
-    storage[offset:], size, [s * storage.itemsize for s in stride]
-  )
-  return view.astype(view.dtype.newbyteorder('='))
-
-
-# ----------------------------------------------------------------------------
-# Train-state checkpoints of our own runs (orbax)
-# ----------------------------------------------------------------------------
 
 CHECKPOINT_PREFIX = 'checkpoint'  # checkpoint_<step>, as t5x names them
 
@@ -553,11 +49,91 @@ def _check_saved_shapes(saved: Any, expected: Any, where: str) -> None:
   ]
   problems += [f'{k} is missing' for k in expected if k not in saved]
   if problems:
-    raise CheckpointError(
+    raise checkpoint_import.CheckpointError(
       f'{where} holds a checkpoint of another model ({"; ".join(problems[:3])}'
       f'{"; ..." if len(problems) > 3 else ""}). Use a new MODEL_DIR or the '
       'gin files of the model that wrote it.'
     )
+
+
+class CheckpointWriteError(errors.UserError):
+  """A checkpoint could not be written (disk full, permission lost, ...)."""
+
+
+# The status codes tensorstore reports storage problems with (its errors are
+# ValueErrors): local files carry the OS error number, cloud storage a status.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_STORAGE_STATUS = re.compile(
+  r'\b(PERMISSION_DENIED|RESOURCE_EXHAUSTED|UNAUTHENTICATED|NOT_FOUND)\b'
+)
+
+
+def storage_error(error: BaseException) -> str | None:
+  """The OS (or storage service) error behind `error`, in a few words; None
+  when `error` is not a storage problem (a bug keeps its traceback)."""
+  while error is not None:
+    if isinstance(error, OSError):
+      return str(error)
+    text = str(error)
+    if code := _OS_ERROR_CODE.search(text):
+      number = int(code.group(1))
+      return f'[Errno {number}] {os.strerror(number)}'
+    if status := _STORAGE_STATUS.search(text):
+      return text[status.start() :].splitlines()[0][:300]
+    error = error.__cause__ or error.__context__
+  return None
+
+
+class _UnretrievedErrors(logging.Filter):
+  """Drops asyncio's "Task/Future exception was never retrieved" reports."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'exception was never retrieved' not in record.getMessage()
+
+
+_UNRETRIEVED_ERRORS = _UnretrievedErrors()
+
+
+def _mute_echoes_of_a_failed_save() -> None:
+  """After a failed save, its other writes fail too and say so late, often
+  after the one-line error that ends the run: orbax's asyncio tasks and
+  coroutines when garbage-collected ("exception was never retrieved",
+  "never awaited"), tensorstore's callbacks into orbax's closed event loop
+  (unraisable "Event loop is closed"). Mutes exactly those."""
+  logging.getLogger('asyncio').addFilter(_UNRETRIEVED_ERRORS)
+  warnings.filterwarnings('ignore', 'coroutine .* was never awaited')
+  unraisablehook = sys.unraisablehook
+  if getattr(unraisablehook, 'mutes_closed_event_loop', False):
+    return
+
+  def muted(unraisable):
+    if not (
+      isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == 'Event loop is closed'
+    ):
+      unraisablehook(unraisable)
+
+  muted.mutes_closed_event_loop = True
+  sys.unraisablehook = muted
+
+
+def finished_steps(model_dir: str) -> list[int]:
+  """Steps of the complete checkpoints in `model_dir`, oldest first (orbax
+  renames a checkpoint's temporary directory to `checkpoint_<step>` when
+  everything in it is written; on cloud storage it adds a commit file)."""
+  directory = epath.Path(model_dir)
+  if not directory.is_dir():
+    return []
+  steps = []
+  for path in directory.iterdir():
+    prefix, _, step = path.name.rpartition('_')
+    if (
+      prefix == CHECKPOINT_PREFIX
+      and step.isdigit()
+      and ocp.step.is_path_finalized(path)
+    ):
+      steps.append(int(step))
+  return sorted(steps)
 
 
 class TrainCheckpointer:
@@ -565,7 +141,10 @@ class TrainCheckpointer:
 
   Saves are asynchronous (training continues while arrays are written) and
   atomic: orbax finalises a step's directory only when complete, so a run
-  killed mid-save resumes from the previous checkpoint.
+  killed mid-save resumes from the previous checkpoint. A save that fails
+  for a storage reason raises `CheckpointWriteError` (from `save` or `wait`,
+  whichever first sees the background write fail) and closes the
+  checkpointer; the earlier checkpoints stay intact.
   """
 
   def __init__(self, model_dir: str, period: int, keep: int | None = None):
@@ -576,6 +155,8 @@ class TrainCheckpointer:
       step_prefix=CHECKPOINT_PREFIX,
       create=True,
       enable_async_checkpointing=True,
+      # Removes what a killed or failed save left behind.
+      cleanup_tmp_directories=True,
     )
     self._manager = ocp.CheckpointManager(
       epath.Path(model_dir).absolute(),
@@ -584,9 +165,49 @@ class TrainCheckpointer:
     )
 
   def save(self, step: int, state: Any, force: bool = False) -> bool:
-    return self._manager.save(
-      step, args=ocp.args.StandardSave(state), force=force
-    )
+    with self._reporting_write_errors():
+      return self._manager.save(
+        step, args=ocp.args.StandardSave(state), force=force
+      )
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every process has reached the step jax's preemption service
+    chose to save at after a SIGTERM (multi-process runs; False otherwise)."""
+    return self._manager.reached_preemption(step)
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, after pending saves finish."""
+    self.wait()
+    steps = finished_steps(self.model_dir)
+    return steps[-1] if steps else None
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.model_dir, f'{CHECKPOINT_PREFIX}_{step}')
+
+  @contextlib.contextmanager
+  def _reporting_write_errors(self) -> Iterator[None]:
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      reason = storage_error(e)
+      if reason is None:
+        raise
+      # The failed save's other threads may still be writing (and failing):
+      # let them end, so that nothing is logged after the error.
+      _mute_echoes_of_a_failed_save()
+      with contextlib.suppress(Exception):
+        self._manager.close()
+      steps = finished_steps(self.model_dir)
+      intact = (
+        f'the newest intact one is {self.step_dir(steps[-1])}'
+        if steps
+        else 'there is none yet'
+      )
+      raise CheckpointWriteError(
+        f'Could not write a checkpoint to {self.model_dir}: {reason}. '
+        f'Earlier checkpoints are not affected ({intact}); free space or '
+        'fix the permissions, then rerun the same command to resume.'
+      ) from e
 
   def restore_latest(self, shapes: Any, shardings: Any) -> Any | None:
     """The newest complete checkpoint, sharded like `shardings`, or None."""
@@ -600,7 +221,9 @@ class TrainCheckpointer:
     )
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for pending saves; raises `CheckpointWriteError` if one failed."""
+    with self._reporting_write_errors():
+      self._manager.wait_until_finished()
 
 
 def _own_checkpoint(path: epath.Path) -> tuple[epath.Path, int] | None:
@@ -657,16 +280,11 @@ def restore_params(
       ),
       target,
     )
-    restored = ocp.Checkpointer(handler).restore(
-      item,
-      args=ocp.args.PyTreeRestore(
-        item={'params': target},
-        restore_args={'params': restore_args},
-        partial_restore=True,
-      ),
+    params = checkpoint_import.restore_orbax_subtree(
+      item, 'params', target, restore_args
     )
-    return restored['params'], step
-  params = load_params(path, config)
+    return params, step
+  params = checkpoint_import.load_params(path, config)
   if dtype is not None:
     params = jax.tree.map(lambda x: x.astype(dtype), params)
   return jax.device_put(params, param_shardings), 0

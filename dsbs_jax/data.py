@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 import dataclasses
 
+import gin
 import jax
 import numpy as np
 import seqio
-
-import gin
 
 
 @gin.configurable

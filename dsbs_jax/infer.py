@@ -5,20 +5,19 @@ r"""Decodes a task split with a checkpoint and writes JSON Lines.
 
 One line per example: `input`, `prediction`, `score` (log-probability of the
 decode, or its beam score), `target` when the split has one, and with
-RATIONALE_PREFIX set the generated `rationale` (and the teacher's).
+WRITE_RATIONALES the generated `rationale` (and the teacher's).
 """
 
 import os
 
+import gin
 import jax
 
 from dsbs_jax import data
-from dsbs_jax import eval as eval_lib
 from dsbs_jax import gin_utils
 from dsbs_jax import inference
 from dsbs_jax import models
 from dsbs_jax import partitioning
-import gin
 
 
 @gin.configurable
@@ -31,14 +30,13 @@ def infer(
   checkpoint_path: str | None = None,
   partitioner: partitioning.Partitioner | None = None,
   restore_dtype: str | None = None,
-  rationale_prefix: str | None = None,
-  label_prefix: str = '[label] ',
+  write_rationales: bool = False,
   num_decodes: int = 1,
   num_examples: int | None = None,
 ) -> str:
   """Writes predictions for `dataset.split`; returns the output path."""
   partitioner = partitioner or partitioning.Partitioner()
-  params, shardings, step = eval_lib.restore_for_inference(
+  params, shardings, step = inference.restore_for_inference(
     model, dataset, partitioner, checkpoint_path or model_dir, restore_dtype
   )
   predictor = inference.Predictor(
@@ -51,8 +49,7 @@ def infer(
     dataset.task_feature_lengths,
     dataset.split,
     dataset.use_cached,
-    rationale_prefix,
-    label_prefix,
+    write_rationales,
     num_examples,
   )
   output_path = output_path or os.path.join(
@@ -64,20 +61,9 @@ def infer(
   return output_path
 
 
-def main(argv) -> None:
-  del argv
-  gin_utils.parse_gin_flags()
-  partitioning.initialize_distributed()
-  with gin_utils.config_errors():
-    infer()
-
-
-def console_main() -> None:
-  gin_utils.run(main)
+def main() -> None:
+  gin_utils.run(infer)
 
 
 if __name__ == '__main__':
-  # Run the package module: gin configures its functions, not __main__'s.
-  from dsbs_jax import infer as module  # pylint: disable=g-import-not-at-top
-
-  module.console_main()
+  main()

@@ -1,11 +1,15 @@
-"""Batched, sharded decoding and scoring over datasets; seqio evaluation.
+"""Inference: restoring parameters, batched decoding, seqio evaluation.
+
+The library behind the train binary's periodic evaluation, `eval` and
+`infer`: `restore_for_inference` reads sharded parameters from any
+checkpoint, `Predictor` decodes and scores datasets, `Evaluation` computes a
+split's metrics (and writes predictions with generated rationales), and
+`predict_split` makes one record per example.
 
 Datasets are enumerated ((index, features) elements), as seqio's Evaluator
-passes them, so results can be matched to examples.
-
-Shared by the train binary (periodic evaluation), `eval` and `infer`. Batches
-are padded to a fixed size so each decode function compiles once; padding
-rows are dropped from the results.
+passes them, so results can be matched to examples. Batches are padded to a
+fixed size so each decode function compiles once; padding rows are dropped
+from the results.
 """
 
 from collections.abc import Callable
@@ -13,15 +17,21 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 import functools
 import json
+import os
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from dsbs_jax import checkpoints
+from dsbs_jax import data
 from dsbs_jax import models
 from dsbs_jax import partitioning
+from dsbs_jax import trainer
+from dsbs_jax import two_tasks
 
 Prediction = tuple[int, Sequence[int]]
 
@@ -180,23 +190,31 @@ def _text(value: Any) -> str:
 
 def _rationale_requests(
   examples: Sequence[dict[str, Any]],
-  label_prefix: str,
-  rationale_prefix: str,
   vocabulary: seqio.Vocabulary,
   input_length: int,
 ) -> tf.data.Dataset:
-  """The rationale-task inputs of label-task examples, tokenized."""
+  """The rationale-task inputs of evaluation examples, tokenized.
+
+  Each is made from the example's `input` by `TaskPrefixes().task_input`, the
+  function the tasks use, with the prefixes gin binds for the whole run.
+  """
+  prefixes = two_tasks.TaskPrefixes()
   inputs = []
   for example in examples:
-    text = _text(example['inputs_pretokenized'])
-    text = text[len(label_prefix) :] if text.startswith(label_prefix) else text
-    ids = vocabulary.encode(rationale_prefix + text)[: input_length - 1]
+    if 'input' not in example:
+      raise ValueError(
+        "Generating rationales needs the task's 'input' feature (the text "
+        'without a prefix), which tasks made by dsbs_tasks.dsbs_task have.'
+      )
+    text = prefixes.task_input(
+      two_tasks.RATIONALE_TASK, _text(example['input'])
+    )
+    ids = vocabulary.encode(text)[: input_length - 1]
     inputs.append(np.array(ids + [vocabulary.eos_id], np.int32))
   eos = np.array([vocabulary.eos_id], np.int32)
+  task = np.int32(two_tasks.RATIONALE_TASK)
   return tf.data.Dataset.from_generator(
-    lambda: (
-      {'inputs': x, 'targets': eos, 'task': np.int32(2)} for x in inputs
-    ),
+    lambda: ({'inputs': x, 'targets': eos, 'task': task} for x in inputs),
     output_signature={
       'inputs': tf.TensorSpec([None], tf.int32),
       'targets': tf.TensorSpec([None], tf.int32),
@@ -212,14 +230,13 @@ def predict_split(
   task_feature_lengths: dict[str, int],
   split: str,
   use_cached: bool = False,
-  rationale_prefix: str | None = None,
-  label_prefix: str = '[label] ',
+  write_rationales: bool = False,
   num_examples: int | None = None,
 ) -> list[dict[str, Any]]:
   """One record per example: input, prediction, score, target when known.
 
-  With `rationale_prefix`, each record also gets the model's `rationale`,
-  generated from the same input with the rationale prefix (distilling
+  With `write_rationales`, each record also gets the model's `rationale`,
+  generated from the same input as a rationale-task request (distilling
   step-by-step models), and the teacher's when the split has one.
   `num_examples` limits the split to its first examples.
   """
@@ -249,10 +266,8 @@ def predict_split(
     if 'targets_pretokenized' in example:
       record['target'] = _text(example['targets_pretokenized'])
     records.append(record)
-  if rationale_prefix is not None and examples:
-    requests = _rationale_requests(
-      examples, label_prefix, rationale_prefix, vocabulary, lengths['inputs']
-    )
+  if write_rationales and examples:
+    requests = _rationale_requests(examples, vocabulary, lengths['inputs'])
     rationales = dict(
       predictor.predict_with_aux(
         params, converter(requests, lengths).enumerate()
@@ -269,3 +284,95 @@ def write_jsonl(records: Sequence[dict[str, Any]], path: str) -> None:
   with tf.io.gfile.GFile(path, 'w') as f:
     for record in records:
       f.write(json.dumps(record, ensure_ascii=False) + '\n')
+
+
+class Evaluation:
+  """Metrics (and optionally predictions with rationales) of one split.
+
+  Built once per run and called with the parameters of each step, so the
+  decode function compiles once. Writes under `out_dir`: seqio's summaries,
+  `metrics.json`, and with `write_rationales` `predictions_<step>.jsonl`.
+  """
+
+  def __init__(
+    self,
+    model: models.EncoderDecoderModel,
+    partitioner: partitioning.Partitioner,
+    dataset: data.DatasetConfig,
+    params_shardings: Any,
+    out_dir: str,
+    write_rationales: bool = False,
+    num_examples: int | None = None,
+  ):
+    self.dataset = dataset
+    self.num_examples = num_examples
+    self.out_dir = out_dir
+    self.write_rationales = write_rationales
+    self.evaluator = make_evaluator(
+      dataset.mixture_or_task_name,
+      model,
+      dataset.task_feature_lengths,
+      dataset.split,
+      out_dir,
+      num_examples,
+    )
+    self.predictor = Predictor(
+      model, partitioner, dataset.batch_size, params_shardings
+    )
+
+  def __call__(self, params: Any, step: int) -> dict[str, dict[str, Any]]:
+    results = evaluate(self.predictor, params, self.evaluator, step)
+    if jax.process_index() == 0:
+      tf.io.gfile.makedirs(self.out_dir)
+      with tf.io.gfile.GFile(
+        os.path.join(self.out_dir, 'metrics.json'), 'w'
+      ) as f:
+        json.dump({'step': step, 'metrics': results}, f, indent=2, default=str)
+    if self.write_rationales:
+      records = predict_split(
+        self.predictor,
+        params,
+        self.dataset.mixture_or_task_name,
+        self.dataset.task_feature_lengths,
+        self.dataset.split,
+        self.dataset.use_cached,
+        write_rationales=True,
+        num_examples=self.num_examples,
+      )
+      path = os.path.join(self.out_dir, f'predictions_{step}.jsonl')
+      if jax.process_index() == 0:
+        write_jsonl(records, path)
+        print(f'Wrote {len(records)} predictions with rationales to {path}')
+    for task, metrics in results.items():
+      logging.info('%s (step %d): %s', task, step, metrics)
+      print(
+        f'{task} ({self.dataset.split}, step {step}): '
+        + ', '.join(
+          f'{k} = {v:.4f}' if isinstance(v, float) else f'{k} = {v}'
+          for k, v in metrics.items()
+        )
+      )
+    return results
+
+
+def restore_for_inference(
+  model: models.EncoderDecoderModel,
+  dataset: data.DatasetConfig,
+  partitioner: partitioning.Partitioner,
+  path: str,
+  dtype: str | None,
+) -> tuple[Any, Any, int]:
+  """Sharded parameters, their shardings and their step, from any checkpoint.
+
+  `path` is a MODEL_DIR or checkpoint of ours, or a t5x or HuggingFace
+  checkpoint (`checkpoints.restore_params`).
+  """
+  converter = model.FEATURE_CONVERTER_CLS(pack=False)
+  input_shapes = data.model_input_shapes(dataset, converter)
+  shapes, shardings = trainer.param_shapes_and_shardings(
+    model, partitioner, input_shapes
+  )
+  params, step = checkpoints.restore_params(
+    path, shapes, shardings, model.module.config, dtype
+  )
+  return params, shardings, step

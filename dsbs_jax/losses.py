@@ -6,8 +6,9 @@ scores 0) and z-loss `z_loss * logsumexp(logits)**2`.
 
 The distilling step-by-step loss (DESIGN.md §1) is
 `alpha * L_label + (1 - alpha) * L_rationale`, each term the token mean over
-that task's target tokens in the *global* batch. Callers that split a batch
-(microbatches, data-parallel shards) pass the global token counts as
+that task's target tokens in the *global* batch; when one task has no tokens
+there, the loss is the other's mean loss (`task_weights`). Callers that split
+a batch (microbatches, data-parallel shards) pass the global token counts as
 `normalizers`, so summing the pieces' losses gives the global loss exactly.
 """
 
@@ -17,10 +18,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from dsbs_jax import two_tasks
+
 Array = jax.Array
 
-LABEL_TASK = 1
-RATIONALE_TASK = 2
 
 # t5x's special loss normalizing factors we support (by name, as in gin).
 NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'
@@ -102,9 +103,33 @@ def weighted_cross_entropy(
 def task_token_counts(weights: Array, task_ids: Array) -> dict[str, Array]:
   """Weighted target-token count of each task: the per-task normalizers."""
   return {
-    'label': jnp.sum(weights * (task_ids == LABEL_TASK)),
-    'rationale': jnp.sum(weights * (task_ids == RATIONALE_TASK)),
+    'label': jnp.sum(weights * (task_ids == two_tasks.LABEL_TASK)),
+    'rationale': jnp.sum(weights * (task_ids == two_tasks.RATIONALE_TASK)),
   }
+
+
+def task_weights(alpha: float, counts: Mapping[str, Array]) -> dict[str, Array]:
+  """The weight of each task's mean loss: alpha and 1 - alpha, renormalised
+  over the tasks present in the global batch.
+
+  With both tasks present these are `alpha` and `1 - alpha` exactly. A task
+  with no tokens has no mean loss; the tasks present then share the whole
+  weight in the ratio alpha : (1 - alpha), so the loss is their mean loss: a
+  label-only batch (validation and test splits, finetune and distill runs)
+  has loss = L_label, not alpha * L_label. All weights are 0 when no task
+  with a non-zero weight is present. The weights depend on the token counts
+  only, never on the parameters.
+  """
+  label = counts['label'] > 0
+  rationale = counts['rationale'] > 0
+  weights = {'label': alpha * label, 'rationale': (1.0 - alpha) * rationale}
+  total = weights['label'] + weights['rationale']
+  # Both present: the weights as given (their float sum may be off 1 in the
+  # last bit). One present: w / w, exactly 1 (or 0 for a zero weight).
+  scale = jnp.where(
+    label & rationale, 1.0, 1.0 / jnp.where(total > 0, total, 1.0)
+  )
+  return {name: weight * scale for name, weight in weights.items()}
 
 
 def distill_step_by_step_loss(
@@ -117,13 +142,22 @@ def distill_step_by_step_loss(
   """`alpha * L_label + (1 - alpha) * L_rationale` and each term.
 
   `counts` are the global per-task token counts (`task_token_counts` over the
-  whole batch); a task absent from the batch contributes 0.
+  whole batch). A task absent from the batch has term 0, and the present
+  task's loss is weighted 1 (`task_weights`).
   """
   terms = {}
-  for name, task in (('label', LABEL_TASK), ('rationale', RATIONALE_TASK)):
+  for name, task in (
+    ('label', two_tasks.LABEL_TASK),
+    ('rationale', two_tasks.RATIONALE_TASK),
+  ):
     task_sum = jnp.sum(token_loss * weights * (task_ids == task))
     terms[name] = task_sum / jnp.maximum(counts[name], 1.0)
-  return alpha * terms['label'] + (1.0 - alpha) * terms['rationale'], terms
+  task_weight = task_weights(alpha, counts)
+  loss = (
+    task_weight['label'] * terms['label']
+    + task_weight['rationale'] * terms['rationale']
+  )
+  return loss, terms
 
 
 def task_metric_sums(
@@ -138,8 +172,8 @@ def task_metric_sums(
   Totals and counts add up across microbatches and shards, so any metric
   type built from them (clu `Average`) merges exactly.
   """
-  label = weights * (task_ids == LABEL_TASK)
-  rationale = weights * (task_ids == RATIONALE_TASK)
+  label = weights * (task_ids == two_tasks.LABEL_TASK)
+  rationale = weights * (task_ids == two_tasks.RATIONALE_TASK)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   return {
     'label_loss': (jnp.sum(token_loss * label), jnp.sum(label)),

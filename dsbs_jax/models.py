@@ -21,11 +21,13 @@ import flax
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import seqio
 
 from dsbs_jax import decoding
 from dsbs_jax import losses
+from dsbs_jax import two_tasks
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -43,6 +45,38 @@ class Sum(clu_metrics.Metric):
 
   def compute(self) -> Array:
     return self.total
+
+
+@flax.struct.dataclass
+class TaskAverage(clu_metrics.Average):
+  """A mean over one task's target tokens (`label_loss`, `rationale_loss`,
+  `label_accuracy`), reported only when that task had tokens.
+
+  A batch, or all the batches behind one summary, may hold no tokens of a
+  task: validation and test splits hold label examples only, and finetune and
+  distill runs train on the label task alone. The mean over no tokens is
+  undefined, and any number put in its place misleads: clu's `Average` gives
+  NaN (and a warning), which reads as divergence and breaks dashboards and
+  alerts; 0 would read as a perfect loss. So such a metric is left out of
+  what is reported (`reported_metrics`): our trainer's `compute_metrics` and,
+  for t5x's summaries, `dsbs_jax.t5x_models.trainer_reporting_present_tasks`
+  go through it. The task's token count (`label_tokens`, `rationale_tokens`)
+  is always reported, so a 0 there says why a mean is missing. `compute()`
+  itself is clu's: NaN for an empty count.
+  """
+
+  def has_tokens(self) -> bool:
+    """Whether the count is positive (needs host values, or syncs)."""
+    return bool(np.all(np.asarray(jax.device_get(self.count)) > 0))
+
+
+def reported_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+  """`metrics` without the `TaskAverage`s of tasks that had no tokens."""
+  return {
+    name: metric
+    for name, metric in metrics.items()
+    if not isinstance(metric, TaskAverage) or metric.has_tokens()
+  }
 
 
 def _mean(values: Array, weights: Array) -> clu_metrics.Average:
@@ -284,20 +318,19 @@ class DistillStepByStepModel(EncoderDecoderModel):
   """Encoder-decoder trained on label and rationale tasks with shared weights.
 
   Needs the batch feature `decoder_task_ids` (1 label, 2 rationale, 0 padding)
-  from `tasks.feature_converters.DistillStepByStepFeatureConverter`. The loss
-  is `alpha * L_label + (1 - alpha) * L_rationale` with per-task token means
+  that FEATURE_CONVERTER_CLS adds. The loss is
+  `alpha * L_label + (1 - alpha) * L_rationale` with per-task token means
   over the global batch (DESIGN.md §1); `alpha = 1` trains the label task
-  alone (standard finetuning or distillation).
+  alone (standard finetuning or distillation). Where one task has no tokens
+  in the global batch (a label-only validation batch) the loss is the other
+  task's mean loss (`losses.task_weights`), and the absent task's means are
+  not reported (`TaskAverage`).
   """
+
+  FEATURE_CONVERTER_CLS = two_tasks.DistillStepByStepFeatureConverter
 
   def __init__(self, *args, alpha: float = 0.5, **kwargs):
     super().__init__(*args, **kwargs)
-    # Imported here so the core package does not depend on `tasks` at import.
-    from tasks import feature_converters  # pylint: disable=g-import-not-at-top
-
-    self.FEATURE_CONVERTER_CLS = (
-      feature_converters.DistillStepByStepFeatureConverter
-    )
     self.alpha = alpha
 
   def loss_normalizers(self, batch: Batch) -> dict[str, Array]:
@@ -332,7 +365,7 @@ class DistillStepByStepModel(EncoderDecoderModel):
     )
     metrics.update(
       {
-        name: clu_metrics.Average(total=total, count=count)
+        name: TaskAverage(total=total, count=count)
         for name, (total, count) in out.metric_sums.items()
       }
     )

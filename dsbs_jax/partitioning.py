@@ -19,6 +19,7 @@ from typing import Any
 
 from absl import logging
 from flax import linen as nn
+import gin
 import jax
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh
@@ -26,8 +27,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
-
-import gin
 
 LogicalRules = Sequence[tuple[str, str | None]]
 

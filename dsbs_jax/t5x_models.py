@@ -4,12 +4,14 @@
 loss of DESIGN.md §1, computed by the same functions as our own
 `dsbs_jax.models.DistillStepByStepModel`, and metrics in t5x's style. The gin
 files under gin/t5x/ configure it for `python -m t5x.train` (see
-docs/cloud_tpu.md).
+docs/cloud_tpu.md), with `trainer_reporting_present_tasks` as t5x's trainer so
+that summaries leave out the means of a task that had no tokens.
 
 t5x is not on PyPI, so this module alone needs it installed from its
 repository; importing it without t5x raises an ImportError that says how.
 """
 
+from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,15 +21,20 @@ import jax
 try:
   from t5x import metrics as t5x_metrics
   from t5x import models as t5x_models
+  from t5x import trainer as t5x_trainer
 except ImportError as e:
   raise ImportError(
     'dsbs_jax.t5x_models needs t5x, which is not on PyPI. Install it from '
-    "its repository: pip install 'git+https://github.com/google-research/"
-    "t5x' (or git clone it and pip install -e the clone)."
+    "its repository without its dependencies: pip install 'git+https://"
+    "github.com/google-research/t5x' --no-deps; the same for "
+    "'git+https://github.com/google/airio' and 'git+https://github.com/"
+    "google-research/jestimator'; then pip install grain fiddle "
+    'cached_property chex jaxtyping (README.md, "The real t5x").'
   ) from e
 
 from dsbs_jax import losses
-from tasks import feature_converters
+from dsbs_jax import models
+from dsbs_jax import two_tasks
 
 Array = jax.Array
 
@@ -38,18 +45,22 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
   Needs `decoder_task_ids` in the batch (FEATURE_CONVERTER_CLS provides it).
   The loss is `alpha * L_label + (1 - alpha) * L_rationale`, each term the
   token mean over that task's target tokens in the batch it is given;
-  `loss_normalizing_factor` plays no part. Besides t5x's base metrics (`loss`,
+  `loss_normalizing_factor` plays no part. Where one task has no tokens (t5x's
+  validation batches hold label examples only) the loss is the other task's
+  mean loss (`losses.task_weights`). Besides t5x's base metrics (`loss`,
   `accuracy`, timing, ...), it reports `label_loss`, `rationale_loss`,
-  `label_accuracy`, and the per-step token counts `label_tokens` and
-  `rationale_tokens`.
+  `label_accuracy` (`models.TaskAverage`: left out of the summaries written
+  through `trainer_reporting_present_tasks` when the task had no tokens), and
+  the per-step token counts `label_tokens` and `rationale_tokens`.
 
   t5x's trainer calls `loss_fn` on each microbatch and adds up the gradients,
   so with `Trainer.num_microbatches` set every microbatch is normalised by its
-  own token counts (our trainer divides by the global batch's). For the exact
-  global-batch normalisation keep t5x's default `num_microbatches = None`.
+  own token counts, and a microbatch without rationale examples is weighted as
+  a label-only batch (our trainer divides by the global batch's counts). For
+  the exact global-batch loss keep t5x's default `num_microbatches = None`.
   """
 
-  FEATURE_CONVERTER_CLS = feature_converters.DistillStepByStepFeatureConverter
+  FEATURE_CONVERTER_CLS = two_tasks.DistillStepByStepFeatureConverter
 
   def __init__(self, *args, alpha: float = 0.5, **kwargs):
     super().__init__(*args, **kwargs)
@@ -78,7 +89,7 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
     )
     metrics.update(
       {
-        name: clu_metrics.Average(total=total, count=count)
+        name: models.TaskAverage(total=total, count=count)
         for name, (total, count) in out.metric_sums.items()
       }
     )
@@ -89,3 +100,58 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
       total=out.metric_sums['rationale_loss'][1]
     )
     return out.loss, metrics
+
+
+class _ReportPresentTasks:
+  """A t5x `MetricsManager` that leaves out the means of absent tasks.
+
+  t5x writes a summary value for every metric the train or eval step
+  returns, and which metrics those are is fixed when the step is traced, so
+  the model cannot leave out a task's mean when a batch turns out to have
+  none of its tokens. The manager can: before writing, it drops each
+  `models.TaskAverage` whose count is 0 (`models.reported_metrics`). Reading
+  those counts waits for the steps behind the summary to finish (a few
+  scalars, once per summary). Everything else is the wrapped manager's.
+  """
+
+  def __init__(self, manager: t5x_trainer.MetricsManager):
+    self._manager = manager
+
+  def __getattr__(self, name: str) -> Any:
+    if name == '_manager':  # not set yet (copy, unpickling)
+      raise AttributeError(name)
+    return getattr(self._manager, name)
+
+  def write_metrics_summary(
+    self,
+    metrics: Mapping[str, clu_metrics.Metric] | None,
+    step: int,
+    num_steps: int,
+  ) -> Any:
+    if metrics is not None:
+      metrics = models.reported_metrics(metrics)
+    return self._manager.write_metrics_summary(metrics, step, num_steps)
+
+
+def trainer_reporting_present_tasks(
+  trainer_cls: Callable[..., t5x_trainer.BaseTrainer] = t5x_trainer.Trainer,
+  **kwargs,
+) -> t5x_trainer.BaseTrainer:
+  """`trainer_cls(**kwargs)` whose summaries report only tasks with tokens.
+
+  For t5x.train's `trainer_cls` (gin/t5x/dsbs.gin binds it, with t5x's
+  configured `trainer.Trainer` as `trainer_cls`): its train and
+  training_eval summaries leave out `label_loss`, `rationale_loss` and
+  `label_accuracy` where that task had no tokens, rather than writing NaN.
+  Validation holds label examples only, so its summaries have no
+  `rationale_loss` (and `rationale_tokens = 0`). See `models.TaskAverage`.
+  """
+  trainer = trainer_cls(**kwargs)
+  trainer.train_metrics_manager = _ReportPresentTasks(
+    trainer.train_metrics_manager
+  )
+  trainer.eval_metrics_managers = {
+    name: _ReportPresentTasks(manager)
+    for name, manager in trainer.eval_metrics_managers.items()
+  }
+  return trainer

@@ -7,75 +7,37 @@ r"""Trains a model configured by gin; resumes from the latest checkpoint.
 Writes checkpoints (`checkpoint_<step>`), TensorBoard summaries (`train/`,
 `eval_<split>/`) and the operative gin config (`config.gin`) to MODEL_DIR.
 Killed at any moment, the same command continues from the last checkpoint and
-sees exactly the batches an uninterrupted run would.
+sees exactly the batches an uninterrupted run would. On SIGTERM (what Cloud
+TPU spot VMs send before they take the machine) or SIGINT it finishes the
+current step, checkpoints it and exits normally, ready to resume.
 """
 
+import collections
 from collections.abc import Callable
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
+from typing import Any
 
 from absl import logging
 from clu import metric_writers
+import gin
 import jax
 import numpy as np
 import tensorflow as tf
 
+from dsbs_jax import checkpoint_import
 from dsbs_jax import checkpoints
 from dsbs_jax import data
-from dsbs_jax import eval as eval_lib
+from dsbs_jax import errors
 from dsbs_jax import gin_utils
+from dsbs_jax import inference
 from dsbs_jax import models
 from dsbs_jax import partitioning
 from dsbs_jax import trainer as trainer_lib
-import gin
-
-
-def ensure_writable_dir(path: str) -> None:
-  """Fails early, with a short message, when `path` cannot be written."""
-  if '://' in path:  # Cloud storage: orbax reports problems itself.
-    return
-  try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise gin_utils.GinConfigError(
-      f'MODEL_DIR {path!r} cannot be written ({e.strerror}); choose another '
-      'with --gin.MODEL_DIR=...'
-    ) from e
-
-
-def write_config(model_dir: str) -> None:
-  if jax.process_index() == 0:
-    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
-      f.write(gin.operative_config_str())
-
-
-def initial_state(
-  trainer: trainer_lib.Trainer,
-  checkpointer: checkpoints.TrainCheckpointer,
-  input_shapes: dict[str, tuple[int, ...]],
-  initial_checkpoint_path: str | None,
-) -> trainer_lib.TrainState:
-  """The newest checkpoint in MODEL_DIR, else a fresh state.
-
-  A fresh state takes its parameters from `initial_checkpoint_path` (a t5x
-  or HuggingFace checkpoint) when given, with a new optimizer state.
-  """
-  shapes, shardings = trainer.state_shapes_and_shardings(input_shapes)
-  state = checkpointer.restore_latest(shapes, shardings)
-  if state is not None:
-    logging.info('Resuming from step %d.', int(state.step))
-    return state
-  params = None
-  if initial_checkpoint_path:
-    params = checkpoints.load_params(
-      initial_checkpoint_path, trainer.model.module.config
-    )
-  return trainer.init_state(input_shapes, params)
 
 
 @gin.configurable
@@ -93,17 +55,26 @@ def train(
   eval_period: int | None = None,
   eval_split: str = 'validation',
   final_eval_split: str | None = None,
-  rationale_prefix: str | None = None,
-  label_prefix: str = '[label] ',
+  write_rationales: bool = False,
   initial_checkpoint_path: str | None = None,
+  max_consecutive_nonfinite_steps: int | None = 5,
+  debug_nans: bool = False,
 ) -> trainer_lib.TrainState:
   """The training loop. Returns the final train state.
 
   Every `eval_period` steps the `eval_split` is decoded and scored; after the
   last step, `final_eval_split` too, writing predictions with generated
-  rationales when `rationale_prefix` is given.
+  rationales when `write_rationales`.
+
+  SIGTERM or SIGINT ends the run after the current step, with a checkpoint
+  of it (`_StopSignals`). A step with a non-finite loss or gradient norm
+  changes nothing (the trainer skips it); `max_consecutive_nonfinite_steps`
+  of them in a row stop the run (None: never). `debug_nans` turns on jax's
+  NaN checker, which names the first operation that produces a NaN (slow).
   """
-  ensure_writable_dir(model_dir)
+  _ensure_writable_dir(model_dir)
+  if debug_nans:
+    jax.config.update('jax_debug_nans', True)
   partitioner = partitioner or partitioning.Partitioner()
   trainer = trainer_cls(model=model, partitioner=partitioner)
   converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset.pack)
@@ -111,7 +82,7 @@ def train(
   checkpointer = checkpoints.TrainCheckpointer(
     model_dir, checkpoint_period, keep_checkpoints
   )
-  state = initial_state(
+  state = _initial_state(
     trainer, checkpointer, input_shapes, initial_checkpoint_path
   )
   start_step = int(state.step)
@@ -124,63 +95,265 @@ def train(
     dataset = dataclasses.replace(
       train_dataset, split=split, shuffle=False, pack=False
     )
-    return eval_lib.Evaluation(
+    return inference.Evaluation(
       model,
       partitioner,
       dataset,
       jax.tree.map(lambda x: x.sharding, state.params),
       os.path.join(model_dir, f'eval_{split}'),
-      rationale_prefix if rationales else None,
-      label_prefix,
+      write_rationales and rationales,
     )
 
   periodic_eval = evaluation(eval_split, False) if eval_period else None
+  nonfinite = _NonFiniteSteps(max_consecutive_nonfinite_steps, checkpointer)
   # Examples and target tokens since the last log, from all hosts' batches.
   seen = np.zeros(2, np.int64)
   steps_since_log = 0
   last_log = time.time()
-  for step in range(start_step + 1, train_steps + 1):
-    local_batch = next(batches)
-    seen += np.array(data.batch_statistics(local_batch)) * jax.process_count()
-    state, metrics = trainer.train_step(
-      state, partitioner.global_batch(local_batch)
-    )
-    steps_since_log += 1
-    if step == start_step + 1:
-      write_config(model_dir)
-    if step % log_period == 0 or step == train_steps:
-      values = trainer_lib.compute_metrics(metrics)  # Waits for the step.
-      elapsed = time.time() - last_log
-      values.update(throughput(steps_since_log, elapsed, *seen))
-      writer.write_scalars(step, values)
-      logging.info(
-        'step %d/%d  loss %.4f  %.2f steps/s  ETA %s',
-        step,
-        train_steps,
-        values['loss'],
-        values['steps_per_second'],
-        _eta(train_steps - step, values['steps_per_second']),
+  with _StopSignals(checkpointer) as stop_signals, _flushing(writer):
+    for step in range(start_step + 1, train_steps + 1):
+      local_batch = next(batches)
+      seen += np.array(data.batch_statistics(local_batch)) * jax.process_count()
+      state, metrics = trainer.train_step(
+        state, partitioner.global_batch(local_batch)
       )
-      seen[:], steps_since_log, last_log = 0, 0, time.time()
-    checkpointer.save(step, state, force=step == train_steps)
-    if periodic_eval and (step % eval_period == 0 or step == train_steps):
-      periodic_eval(state.params, step)
-  checkpointer.wait()
-  writer.flush()
+      nonfinite.add(step, metrics)
+      steps_since_log += 1
+      if step == start_step + 1:
+        _write_config(model_dir)
+      if step % log_period == 0 or step == train_steps:
+        values = trainer_lib.compute_metrics(metrics)  # Waits for the step.
+        values.update(nonfinite.period_counts())
+        elapsed = time.time() - last_log
+        values.update(trainer_lib.throughput(steps_since_log, elapsed, *seen))
+        writer.write_scalars(step, values)
+        logging.info(
+          'step %d/%d  loss %.4f  %.2f steps/s  ETA %s',
+          step,
+          train_steps,
+          values['loss'],
+          values['steps_per_second'],
+          _eta(train_steps - step, values['steps_per_second']),
+        )
+        seen[:], steps_since_log, last_log = 0, 0, time.time()
+      stop = stop_signals.reached(step)
+      checkpointer.save(step, state, force=stop or step == train_steps)
+      if stop:
+        break
+      if periodic_eval and (step % eval_period == 0 or step == train_steps):
+        periodic_eval(state.params, step)
+    nonfinite.settle()
+    checkpointer.wait()  # Until the last checkpoint is committed.
+    # Also true for a signal during that wait: skip the final evaluation.
+    preempted = stop_signals.reached(int(state.step))
+  if preempted:
+    stop_signals.report(train_steps, model_dir)
+    return state
   if final_eval_split:
     evaluation(final_eval_split, True)(state.params, int(state.step))
   return state
 
 
-def throughput(
-  steps: int, seconds: float, examples: int, target_tokens: int
-) -> dict[str, float]:
-  seconds = max(seconds, 1e-9)
-  return {
-    'steps_per_second': steps / seconds,
-    'examples_per_second': examples / seconds,
-    'target_tokens_per_second': target_tokens / seconds,
-  }
+class _StopSignals:
+  """SIGTERM and SIGINT as a request to stop after the current step.
+
+  Cloud TPU spot VMs and queued resources send SIGTERM a little while before
+  they take the machine. With one process, a handler notes the signal and
+  `reached` reports it after the step in flight. With several, all must stop
+  at the same step: jax's preemption service (started by
+  `jax.distributed.initialize`; it watches SIGTERM itself, so we leave that
+  signal alone) agrees on the first step every process can reach, which
+  orbax's `reached_preemption` reports; SIGINT is passed on to it as SIGTERM.
+  A second signal ends the process at once.
+  """
+
+  def __init__(self, checkpointer: checkpoints.TrainCheckpointer):
+    self._checkpointer = checkpointer
+    self._multiprocess = jax.process_count() > 1
+    self._previous = {}
+    # The name of the signal this process's handler got (with several
+    # processes, jax's handler takes SIGTERM).
+    self.received: str | None = None
+    self.stopped_at: int | None = None
+
+  def __enter__(self) -> '_StopSignals':
+    if threading.current_thread() is threading.main_thread():
+      signals = [signal.SIGINT]
+      if not self._multiprocess:
+        signals.append(signal.SIGTERM)
+      for signum in signals:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+  def reached(self, step: int) -> bool:
+    """Whether to stop after `step` (the same answer on every process)."""
+    if self._multiprocess:
+      stop = self._checkpointer.reached_preemption(step)
+    else:
+      stop = self.received is not None
+    if stop:
+      self.stopped_at = step
+    return stop
+
+  def report(self, train_steps: int, model_dir: str) -> None:
+    logging.warning(
+      'Stopped at step %d of %d for a preemption signal (%s); its checkpoint '
+      'is in %s. Rerunning the same command resumes from it.',
+      self.stopped_at,
+      train_steps,
+      self.received or 'SIGTERM to one of the processes',
+      model_dir,
+    )
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del frame
+    if self.received is not None:  # The second one: no more waiting.
+      previous = self._previous.pop(signum)
+      signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+      signal.raise_signal(signum)
+      return
+    self.received = signal.Signals(signum).name
+    logging.warning(
+      '%s received: stopping after the current step (send it again to stop '
+      'at once).',
+      self.received,
+    )
+    if self._multiprocess:
+      signal.raise_signal(signal.SIGTERM)  # To jax's preemption service.
+
+
+class NonFiniteTrainingError(errors.UserError):
+  """Too many steps in a row had a non-finite loss or gradient norm."""
+
+
+class _NonFiniteSteps:
+  """Counts the steps the trainer skipped for a non-finite loss, gradient
+  norm or update, per log period and in total, and stops the run with
+  `NonFiniteTrainingError` after `limit` in a row.
+
+  Each step's flag is read one step late, when the device has (about)
+  finished it, so the host never waits for the step it just dispatched.
+  """
+
+  def __init__(
+    self, limit: int | None, checkpointer: checkpoints.TrainCheckpointer
+  ):
+    self._limit = limit
+    self._checkpointer = checkpointer
+    self._pending = collections.deque()  # (step, its flag, on device)
+    self._in_period = self._total = self._in_a_row = 0
+
+  def add(self, step: int, metrics: dict[str, Any]) -> None:
+    self._pending.append((step, metrics['nonfinite_steps']))
+    while len(self._pending) > 1:
+      self._check(*self._pending.popleft())
+
+  def settle(self) -> None:
+    while self._pending:
+      self._check(*self._pending.popleft())
+
+  def period_counts(self) -> dict[str, float]:
+    """Skipped steps since the last call and since the run started."""
+    self.settle()
+    counts = {
+      'nonfinite_steps': float(self._in_period),
+      'nonfinite_steps_total': float(self._total),
+    }
+    self._in_period = 0
+    return counts
+
+  def _check(self, step: int, flag: Any) -> None:
+    if not int(flag.compute()):
+      self._in_a_row = 0
+      return
+    self._in_period += 1
+    self._total += 1
+    self._in_a_row += 1
+    logging.warning(
+      'Step %d skipped: its loss, gradient norm or update is not finite '
+      '(%d in a row).',
+      step,
+      self._in_a_row,
+    )
+    if self._limit and self._in_a_row >= self._limit:
+      last = self._checkpointer.latest_step()
+      good = (
+        f'the last good checkpoint is {self._checkpointer.step_dir(last)}'
+        if last is not None
+        else 'no checkpoint has been saved yet'
+      )
+      raise NonFiniteTrainingError(
+        f'Training stopped at step {step}: {self._in_a_row} steps in a row '
+        f'had a non-finite loss, gradient norm or update (they were '
+        f'skipped); {good}. Lower the learning rate or check the data '
+        '(--gin.train.train.debug_nans=True names the operation that first '
+        'makes a NaN), then rerun to resume from it.'
+      )
+
+
+@contextlib.contextmanager
+def _flushing(writer: metric_writers.MetricWriter):
+  """Flushes the summaries at the end, also of a failed run (whose error
+  then comes after the last steps' metrics in the log)."""
+  try:
+    yield
+  except BaseException:
+    with contextlib.suppress(Exception):
+      writer.flush()
+    raise
+  writer.flush()
+
+
+def _ensure_writable_dir(path: str) -> None:
+  """Fails early, with a short message, when `path` cannot be written."""
+  if '://' in path:  # Cloud storage: orbax reports problems itself.
+    return
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise gin_utils.GinConfigError(
+      f'MODEL_DIR {path!r} cannot be written ({e.strerror}); choose another '
+      'with --gin.MODEL_DIR=...'
+    ) from e
+
+
+def _write_config(model_dir: str) -> None:
+  if jax.process_index() == 0:
+    with tf.io.gfile.GFile(os.path.join(model_dir, 'config.gin'), 'w') as f:
+      f.write(gin.operative_config_str())
+
+
+def _initial_state(
+  trainer: trainer_lib.Trainer,
+  checkpointer: checkpoints.TrainCheckpointer,
+  input_shapes: dict[str, tuple[int, ...]],
+  initial_checkpoint_path: str | None,
+) -> trainer_lib.TrainState:
+  """The newest checkpoint in MODEL_DIR, else a fresh state.
+
+  A fresh state takes its parameters from `initial_checkpoint_path` (a t5x
+  or HuggingFace checkpoint) when given, with a new optimizer state.
+  """
+  shapes, shardings = trainer.state_shapes_and_shardings(input_shapes)
+  state = checkpointer.restore_latest(shapes, shardings)
+  if state is not None:
+    logging.info('Resuming from step %d.', int(state.step))
+    return state
+  params = None
+  if initial_checkpoint_path:
+    params = checkpoint_import.load_params(
+      initial_checkpoint_path, trainer.model.module.config
+    )
+  return trainer.init_state(input_shapes, params)
 
 
 def _eta(steps_left: int, steps_per_second: float) -> str:
@@ -188,20 +361,9 @@ def _eta(steps_left: int, steps_per_second: float) -> str:
   return f'{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s'
 
 
-def main(argv) -> None:
-  del argv
-  gin_utils.parse_gin_flags()
-  partitioning.initialize_distributed()
-  with gin_utils.config_errors():
-    train()
-
-
-def console_main() -> None:
-  gin_utils.run(main)
+def main() -> None:
+  gin_utils.run(train)
 
 
 if __name__ == '__main__':
-  # Run the package module: gin configures its functions, not __main__'s.
-  from dsbs_jax import train as module  # pylint: disable=g-import-not-at-top
-
-  module.console_main()
+  main()

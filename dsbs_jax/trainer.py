@@ -9,6 +9,10 @@ microbatch gradients equal the full-batch gradient.
 
 Every model metric is additive (clu `Average` or `models.Sum`), so merging
 across microbatches is a tree sum.
+
+A step whose loss, gradient norm or resulting state is not finite leaves the
+parameters and the optimizer state as they were (its batch still counts:
+`step` advances) and reports itself in the `nonfinite_steps` metric.
 """
 
 from collections.abc import Mapping
@@ -17,6 +21,7 @@ from typing import Any
 
 import flax
 from flax import linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +29,6 @@ import optax
 
 from dsbs_jax import models
 from dsbs_jax import partitioning
-import gin
 
 Array = jax.Array
 
@@ -142,6 +146,16 @@ def current_learning_rate(opt_state: Any) -> Array | None:
 
 
 # -- the trainer -------------------------------------------------------------
+
+
+def all_finite(tree: Any) -> Array:
+  """Whether every floating-point value in `tree` is finite (a bool scalar)."""
+  checks = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree.leaves(tree)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
 
 
 def _interleaved_microbatches(batch: Mapping[str, Array], k: int):
@@ -287,14 +301,27 @@ class Trainer:
       grads, state.opt_state, state.params
     )
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite step keeps the old parameters and optimizer state, so no
+    # state (and no checkpoint) ever holds a NaN; checking the new state too
+    # catches an update that overflows from finite gradients.
+    finite = (
+      jnp.isfinite(loss)
+      & jnp.isfinite(grad_norm)
+      & all_finite((params, opt_state))
+    )
     metrics = dict(metrics)
     metrics['loss'] = models.Sum(loss)
-    metrics['grad_norm'] = models.Sum(optax.tree.norm(grads))
+    metrics['grad_norm'] = models.Sum(grad_norm)
+    metrics['nonfinite_steps'] = models.Sum(jnp.where(finite, 0, 1))
     # inject_hyperparams stores the rate it used for this update in the new
     # state (the old state holds the previous step's rate).
     learning_rate = current_learning_rate(opt_state)
     if learning_rate is not None:
       metrics['learning_rate'] = models.Sum(learning_rate)
+    params, opt_state = optax.tree.where(
+      finite, (params, opt_state), (state.params, state.opt_state)
+    )
     return TrainState(
       step=state.step + 1, params=params, opt_state=opt_state
     ), metrics
@@ -327,6 +354,22 @@ class Trainer:
 
 
 def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-  """Host values of a metrics tree (one device-to-host transfer)."""
-  metrics = jax.device_get(metrics)
+  """Host values of a metrics tree (one device-to-host transfer).
+
+  The means of a task that had no tokens are left out, not NaN (see
+  `models.TaskAverage`).
+  """
+  metrics = models.reported_metrics(jax.device_get(metrics))
   return {name: float(np.asarray(m.compute())) for name, m in metrics.items()}
+
+
+def throughput(
+  steps: int, seconds: float, examples: int, target_tokens: int
+) -> dict[str, float]:
+  """Steps, examples and target tokens per second over `seconds`."""
+  seconds = max(seconds, 1e-9)
+  return {
+    'steps_per_second': steps / seconds,
+    'examples_per_second': examples / seconds,
+    'target_tokens_per_second': target_tokens / seconds,
+  }

@@ -2,17 +2,24 @@
 
 Modules: `parsing` (input formats, teacher-completion parsers), `arithmetic`
 (safe svamp evaluator), `sources` (files and splits), `synthetic` (a generated
-dataset), `preprocessors` (paired examples), `feature_converters` (per-token
-task ids), `metrics`, `registry` (`dsbs_task` and the named tasks).
+dataset), `preprocessors` (paired examples), `metrics`, `registry`
+(`dsbs_task` and the named tasks). Annotation with a teacher LLM
+(`dsbs-annotate`): `annotate` (the binary), `prompting` (templates and
+shots), `teachers` (the OpenAI-compatible and HuggingFace teachers),
+`annotation_io` (inputs, the resumable journal, outputs) and `fake_teacher`
+(a loopback server for tests and the benchmark).
+
+The folder `tasks/` installs as the package `dsbs_tasks`: a top-level
+`tasks` would clash with other installs of that generic name. It sits on top
+of the framework: it imports `dsbs_jax` (the task ids, prefixes and feature
+converter of `dsbs_jax.two_tasks`), and `dsbs_jax` never imports it.
 """
 
-from tasks.feature_converters import DistillStepByStepFeatureConverter
-from tasks.registry import NAMED_TASKS
-from tasks.registry import dsbs_task
-from tasks.registry import t5_vocabulary
+from dsbs_tasks.registry import NAMED_TASKS
+from dsbs_tasks.registry import dsbs_task
+from dsbs_tasks.registry import t5_vocabulary
 
 __all__ = [
-  'DistillStepByStepFeatureConverter',
   'NAMED_TASKS',
   'dsbs_task',
   't5_vocabulary',

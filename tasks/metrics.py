@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 import math
 
-from tasks import arithmetic
+from dsbs_tasks import arithmetic
 
 # Equations that differ only in float rounding, e.g. (10/3)*3 and 10, are equal.
 RELATIVE_TOLERANCE = 1e-6
@@ -35,7 +35,7 @@ def accuracy(
 
 
 def equations_equal(target: str, prediction: str) -> bool:
-  """Both have a value (tasks.arithmetic) and the values agree closely."""
+  """Both have a value (dsbs_tasks.arithmetic) and the values agree closely."""
   expected = arithmetic.value_or_none(target)
   predicted = arithmetic.value_or_none(prediction)
   if expected is None or predicted is None:

@@ -74,6 +74,22 @@ UNPARSED = Parsed(rationale=None, label=None)
 # Record fields and formatting.
 
 
+def unicode_problem(text: str) -> str | None:
+  """Why `text` is not valid Unicode text, or None if it is.
+
+  JSON may escape lone surrogates (`"\\ud800"`), which no UTF-8 text holds:
+  TensorFlow and the tokenizers cannot encode them.
+  """
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError as error:
+    return (
+      f'not valid Unicode: lone surrogate {text[error.start]!r} at '
+      f'character {error.start}'
+    )
+  return None
+
+
 def get_field(record: Mapping[str, Any], name: str, kind: type) -> Any:
   """`record[name]`; FieldError if it is absent or not of type `kind`."""
   if name not in record:
@@ -84,6 +100,8 @@ def get_field(record: Mapping[str, Any], name: str, kind: type) -> Any:
     raise FieldError(
       name, f'expected {kind.__name__}, got {type(value).__name__}'
     )
+  if isinstance(value, str) and (problem := unicode_problem(value)):
+    raise FieldError(name, problem)
   return value
 
 
@@ -103,6 +121,9 @@ def format_cqa(record: Mapping[str, Any]) -> tuple[str, str]:
     isinstance(c, str) for c in choices
   ):
     raise FieldError('choices', f'expected {len(CQA_OPTION_LETTERS)} strings')
+  for index, choice in enumerate(choices):
+    if problem := unicode_problem(choice):
+      raise FieldError('choices', f'element {index}: {problem}')
   options = '\n'.join(
     f'({letter}) {choice}'
     for letter, choice in zip(CQA_OPTION_LETTERS, choices)

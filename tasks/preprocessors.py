@@ -7,11 +7,12 @@ evaluation splits it is always the ground truth. A missing teacher part is the
 empty string.
 
 `make_examples` turns each source example into
-`{"inputs": label_prefix + input, "targets": label, "task": 1}` and, when
+`{"inputs": prefixes.label + input, "targets": label, "task": 1}` and, when
 training distilling step-by-step, right after it
-`{"inputs": rationale_prefix + input, "targets": rationale, "task": 2}`.
-Every output example also carries the source's `rationale`, so predictions on
-evaluation splits can be written next to the teacher's rationale. An example
+`{"inputs": prefixes.rationale + input, "targets": rationale, "task": 2}`
+(`dsbs_jax.two_tasks`). Every output example also carries the source's
+`input` and `rationale`, so the rationale of an evaluation example can be
+generated from its input and written next to the teacher's. An example
 whose target is missing is dropped unless `keep_unparsed` (the reference's
 behaviour: train on a blank target).
 """
@@ -22,9 +23,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from dsbs_jax.losses import LABEL_TASK
-from dsbs_jax.losses import RATIONALE_TASK
-from tasks.sources import Example
+from dsbs_jax import two_tasks
+from dsbs_tasks.sources import Example
 
 LABEL_SOURCES = ('llm', 'gt')
 
@@ -57,24 +57,22 @@ def make_examples(
   dataset: tf.data.Dataset,
   *,
   with_rationale: bool,
-  label_prefix: str = '[label] ',
-  rationale_prefix: str = '[rationale] ',
+  prefixes: two_tasks.TaskPrefixes,
   keep_unparsed: bool = False,
 ) -> tf.data.Dataset:
   """Label examples, each followed by its rationale example in DSbS training."""
 
   def pair(source: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Both candidate examples, stacked, and whether to keep each."""
-    inputs = [
-      tf.strings.join([prefix, source['input']])
-      for prefix in (label_prefix, rationale_prefix)
-    ]
+    tasks = (two_tasks.LABEL_TASK, two_tasks.RATIONALE_TASK)
+    inputs = [prefixes.task_input(task, source['input']) for task in tasks]
     targets = tf.stack([source['label'], source['rationale']])
     wanted = tf.stack([tf.constant(True), source['training'] & with_rationale])
     return {
       'inputs': tf.stack(inputs),
       'targets': targets,
-      'task': tf.constant([LABEL_TASK, RATIONALE_TASK], tf.int32),
+      'task': tf.constant(tasks, tf.int32),
+      'input': tf.stack([source['input'], source['input']]),
       'rationale': tf.stack([source['rationale'], source['rationale']]),
       'keep': wanted & (keep_unparsed | (targets != '')),
     }

@@ -30,21 +30,26 @@ import hashlib
 import os
 
 from absl import logging
+import gin
 import seqio
 import tensorflow as tf
 
-import gin
-from tasks import metrics
-from tasks import preprocessors
-from tasks import sources
-from tasks import synthetic
+from dsbs_jax import two_tasks
+from dsbs_tasks import metrics
+from dsbs_tasks import preprocessors
+from dsbs_tasks import sources
+from dsbs_tasks import synthetic
 
 MODES = ('dsbs', 'finetune', 'distill')
 DEFAULT_LABEL_SOURCE = {'dsbs': 'llm', 'finetune': 'gt', 'distill': 'llm'}
 DATASETS = (*sources.RELEASE_DATASETS, 'synthetic', 'jsonl')
 T5_VOCABULARY_PATH = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 T5_EXTRA_IDS = 100
-DEFAULT_PREFIXES = ('[label] ', '[rationale] ')
+# The prefixes that leave a task's name unchanged: TaskPrefixes' own defaults
+# (not gin's bindings, which may change between calls).
+_DEFAULT_PREFIXES = two_tasks.TaskPrefixes(
+  *(field.default for field in dataclasses.fields(two_tasks.TaskPrefixes))
+)
 
 
 def t5_vocabulary() -> seqio.SentencePieceVocabulary:
@@ -65,8 +70,7 @@ class TaskConfig:
   data_fraction: float
   seed: int
   keep_unparsed: bool
-  label_prefix: str
-  rationale_prefix: str
+  prefixes: two_tasks.TaskPrefixes
   jsonl_files: tuple[tuple[str, str], ...] | None
 
   @property
@@ -173,10 +177,10 @@ def task_name(config: TaskConfig, vocabulary: seqio.Vocabulary) -> str:
   others = (
     config.data_dir,
     config.keep_unparsed,
-    (config.label_prefix, config.rationale_prefix),
+    config.prefixes,
     config.jsonl_files,
   )
-  if others != (None, False, DEFAULT_PREFIXES, None):
+  if others != (None, False, _DEFAULT_PREFIXES, None):
     name += '_' + _short_hash(others)
   return name
 
@@ -226,8 +230,7 @@ def dsbs_task(
   seed: int = 0,
   vocabulary: seqio.Vocabulary | None = None,
   keep_unparsed: bool = False,
-  label_prefix: str = DEFAULT_PREFIXES[0],
-  rationale_prefix: str = DEFAULT_PREFIXES[1],
+  prefixes: two_tasks.TaskPrefixes | None = None,
   jsonl_files: Mapping[str, str] | None = None,
 ) -> str:
   """Registers the Task these arguments describe, if new; returns its name.
@@ -247,11 +250,11 @@ def dsbs_task(
     keep_unparsed: keep examples whose teacher completion did not parse, with
       a blank target (the reference's behaviour), instead of dropping them
       from the task that needs the missing part.
-    label_prefix: prepended to the input of the label task.
-    rationale_prefix: prepended to the input of the rationale task.
+    prefixes: the input prefix of each task; by default `TaskPrefixes()`,
+      whose fields gin binds once for every binary (runs/dsbs.gin).
     jsonl_files: for `jsonl`, {'train': path, 'validation': path, 'test':
       path}; validation and test are optional (validation is then held out
-      of train). See tasks.sources for the fields.
+      of train). See dsbs_tasks.sources for the fields.
 
   Returns:
     The name of the registered seqio Task.
@@ -274,8 +277,7 @@ def dsbs_task(
     data_fraction=float(data_fraction),
     seed=seed if data_fraction != 1 else 0,  # the seed picks a subset only
     keep_unparsed=keep_unparsed,
-    label_prefix=label_prefix,
-    rationale_prefix=rationale_prefix,
+    prefixes=prefixes or two_tasks.TaskPrefixes(),
     jsonl_files=jsonl_files,
   )
   if vocabulary is None:
@@ -286,8 +288,7 @@ def dsbs_task(
   make_examples = functools.partial(
     preprocessors.make_examples,
     with_rationale=mode == 'dsbs',
-    label_prefix=label_prefix,
-    rationale_prefix=rationale_prefix,
+    prefixes=config.prefixes,
     keep_unparsed=keep_unparsed,
   )
   metric = metrics.equation_accuracy if dataset == 'svamp' else metrics.accuracy

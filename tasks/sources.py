@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from dsbs_jax import errors
-from tasks import parsing
+from dsbs_tasks import parsing
 
 DATA_DIR_ENV = 'DSBS_DATA_DIR'
 SPLITS = ('train', 'validation', 'test')
@@ -121,31 +121,63 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> epath.Path:
 # Files.
 
 
-def read_json_lines(path: epath.Path) -> list[tuple[int, dict[str, Any]]]:
-  """(line number, record) for every non-blank line; records must be objects."""
+def _loads(data: str | bytes, where: str, one_line: bool = False) -> Any:
+  """`json.loads`; what it cannot decode raises DataError at `where`.
+
+  `where` is the file, or the file and line when `one_line`.
+  """
+  try:
+    return json.loads(data)
+  except json.JSONDecodeError as error:
+    at = f'column {error.colno}'
+    if not one_line:
+      at = f'line {error.lineno}, {at}'
+    raise DataError(f'{where}: not valid JSON: {error.msg} ({at})') from None
+  except UnicodeDecodeError as error:
+    at = f'byte {error.start}'
+    if not one_line and isinstance(data, bytes):
+      line = data[: error.start].count(b'\n') + 1
+      at = f'line {line}, {at}'
+    raise DataError(f'{where}: not UTF-8: {error.reason} ({at})') from None
+  except RecursionError:
+    raise DataError(f'{where}: JSON nested too deeply') from None
+  except ValueError as error:  # e.g. an integer of more than 4300 digits
+    raise DataError(f'{where}: unusable JSON: {error}') from None
+
+
+def _check_file(path: epath.Path) -> None:
+  if path.is_dir():
+    raise DataError(f'{path}: is a folder, not a file')
   if not path.is_file():
     raise DataError(f'{path}: no such file')
+
+
+def read_json_lines(path: epath.Path) -> list[tuple[int, dict[str, Any]]]:
+  """(line number, record) for every non-blank line; records must be objects."""
+  _check_file(path)
   records = []
-  with path.open('rb') as lines:
-    for number, line in enumerate(lines, start=1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line.decode('utf-8'))
-      except UnicodeDecodeError as error:
-        raise DataError(
-          f'{path}:{number}: not UTF-8: {error.reason} at byte {error.start}'
-        ) from None
-      except json.JSONDecodeError as error:
-        raise DataError(
-          f'{path}:{number}: not valid JSON: {error.msg} (column {error.colno})'
-        ) from None
-      if not isinstance(record, dict):
-        raise DataError(
-          f'{path}:{number}: expected a JSON object, '
-          f'got {type(record).__name__}'
-        )
-      records.append((number, record))
+  try:
+    with path.open('rb') as lines:
+      for number, line in enumerate(lines, start=1):
+        if not line.strip():
+          continue
+        try:
+          text = line.decode('utf-8')
+        except UnicodeDecodeError as error:
+          raise DataError(
+            f'{path}:{number}: not UTF-8: {error.reason} at byte {error.start}'
+          ) from None
+        record = _loads(text, f'{path}:{number}', one_line=True)
+        if not isinstance(record, dict):
+          raise DataError(
+            f'{path}:{number}: expected a JSON object, '
+            f'got {type(record).__name__}'
+          )
+        records.append((number, record))
+  except OSError as error:
+    raise DataError(
+      f'{path}: cannot be read: {error.strerror or error}'
+    ) from None
   return records
 
 
@@ -154,10 +186,16 @@ def completion_files(llm_dir: epath.Path, file_split: str) -> list[epath.Path]:
   pattern = re.compile(rf'{re.escape(file_split)}_CoT_(\d+)\.json')
   found = {}
   if llm_dir.is_dir():
-    for path in llm_dir.iterdir():
+    for path in sorted(llm_dir.iterdir()):
       match = pattern.fullmatch(path.name)
       if match:
-        found[int(match.group(1))] = path
+        k = int(match.group(1))
+        if k in found:
+          raise DataError(
+            f'{llm_dir}: {found[k].name} and {path.name} are both '
+            f'completion file {k} of {file_split!r}'
+          )
+        found[k] = path
   if sorted(found) != list(range(len(found))):
     raise DataError(
       f'{llm_dir}: completion files for {file_split!r} are not '
@@ -170,10 +208,14 @@ def read_completions(paths: Sequence[epath.Path]) -> list[str]:
   """The completions of all files, concatenated in order."""
   completions: list[str] = []
   for path in paths:
+    _check_file(path)
     try:
-      batch = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-      raise DataError(f'{path}: not valid JSON: {error}') from None
+      data = path.read_bytes()
+    except OSError as error:
+      raise DataError(
+        f'{path}: cannot be read: {error.strerror or error}'
+      ) from None
+    batch = _loads(data, str(path))
     if not isinstance(batch, list):
       raise DataError(
         f'{path}: expected a JSON array of strings, got {type(batch).__name__}'
@@ -184,6 +226,9 @@ def read_completions(paths: Sequence[epath.Path]) -> list[str]:
           f'{path}: element {index}: expected a string, '
           f'got {type(completion).__name__}'
         )
+      problem = parsing.unicode_problem(completion)
+      if problem:
+        raise DataError(f'{path}: element {index}: {problem}')
     completions.extend(batch)
   return completions
 

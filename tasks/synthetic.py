@@ -20,10 +20,10 @@ from __future__ import annotations
 import itertools
 import math
 
+import gin
 import numpy as np
 
-import gin
-from tasks.sources import Example
+from dsbs_tasks.sources import Example
 
 NAMES = ('Tom', 'Ann', 'Sam', 'Mia', 'Ben', 'Eva', 'Max', 'Zoe')
 OBJECTS = ('apples', 'pens', 'cards', 'books', 'coins', 'shells')

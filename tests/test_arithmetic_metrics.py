@@ -2,9 +2,9 @@
 
 import pytest
 
-from tasks import arithmetic
-from tasks import metrics
-from tasks.arithmetic import ExpressionError
+from dsbs_tasks import arithmetic
+from dsbs_tasks import metrics
+from dsbs_tasks.arithmetic import ExpressionError
 
 
 @pytest.mark.parametrize(

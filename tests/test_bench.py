@@ -11,8 +11,12 @@ import sys
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
+import pytest
 
 from dsbs_jax import network
+
+# End to end: the benchmark tool in a subprocess.
+pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).resolve().parents[1] / 'tools' / 'bench_train.py'
 

@@ -14,6 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
+# End to end: the binaries in subprocesses, each compiling and training.
+pytestmark = pytest.mark.slow
+
 # A tiny DSbS run on the synthetic data set: seconds per hundred steps on CPU.
 TINY_RUN = [
   '--gin_file=runs/dsbs.gin',

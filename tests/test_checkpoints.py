@@ -1,6 +1,6 @@
 """Importing weights: t5x checkpoints (legacy, orbax), HuggingFace T5 folders.
 
-References: the checkpoints the real t5x wrote (../shared/reference/t5x_tiny),
+References: the checkpoints the real t5x wrote (tests/testdata/t5x_tiny),
 and HuggingFace transformers' own T5 run on the same weights and batch.
 """
 
@@ -24,7 +24,7 @@ import tensorstore as ts
 import torch
 import transformers
 
-from dsbs_jax import checkpoints
+from dsbs_jax import checkpoint_import
 from dsbs_jax import network
 
 
@@ -34,10 +34,14 @@ def _flat(tree):
 
 def test_t5x_legacy_and_orbax_checkpoints_load_the_same_tree(tiny_config):
   legacy = _flat(
-    checkpoints.load_params(T5X_TINY_DIR / 'legacy_checkpoint_400', tiny_config)
+    checkpoint_import.load_params(
+      T5X_TINY_DIR / 'legacy_checkpoint_400', tiny_config
+    )
   )
   orbax = _flat(
-    checkpoints.load_params(T5X_TINY_DIR / 'orbax_checkpoint_400', tiny_config)
+    checkpoint_import.load_params(
+      T5X_TINY_DIR / 'orbax_checkpoint_400', tiny_config
+    )
   )
 
   tokens = jnp.zeros((2, 5), jnp.int32)
@@ -61,7 +65,7 @@ def test_misshapen_t5x_checkpoint_names_the_parameter(tiny_config):
     match=r'encoder/layers_0/mlp/wi_0/kernel has '
     r'shape \(32, 64\), expected \(32, 48\)',
   ):
-    checkpoints.load_params(
+    checkpoint_import.load_params(
       T5X_TINY_DIR / 'legacy_checkpoint_400', tiny_config.replace(mlp_dim=48)
     )
 
@@ -72,7 +76,7 @@ def test_legacy_checkpoint_moved_with_inline_and_old_style_leaves(
   """Specs are relative to wherever the checkpoint lies now; small leaves may
   be inline; tensorstore < 0.1.14 specs carry the path outside the kvstore."""
   original = T5X_TINY_DIR / 'legacy_checkpoint_400'
-  expected = _flat(checkpoints.load_params(original))
+  expected = _flat(checkpoint_import.load_params(original))
   moved = tmp_path / 'checkpoint_400'
   shutil.copytree(original, moved)
   state = serialization.msgpack_restore((moved / 'checkpoint').read_bytes())
@@ -86,7 +90,7 @@ def test_legacy_checkpoint_moved_with_inline_and_old_style_leaves(
   old_style['kvstore'] = {'driver': 'gcs', 'bucket': 't5x-dummy-bucket'}
   (moved / 'checkpoint').write_bytes(serialization.msgpack_serialize(state))
 
-  loaded = _flat(checkpoints.load_params(moved, tiny_config))
+  loaded = _flat(checkpoint_import.load_params(moved, tiny_config))
   assert loaded.keys() == expected.keys()
   for key, value in expected.items():
     np.testing.assert_array_equal(loaded[key], value, err_msg=str(key))
@@ -99,7 +103,7 @@ def test_legacy_spec_under_gcs_directory_reads_from_its_bucket():
     'kvstore': {'driver': 'file', 'path': 'target.a.kernel/'},
     'metadata': {'shape': [3]},
   }
-  spec = checkpoints._absolute_spec(
+  spec = checkpoint_import._absolute_spec(
     epath.Path('gs://bkt/run/checkpoint_5'), leaf
   )
   assert ts.Spec(spec).kvstore.to_json() == {
@@ -192,8 +196,8 @@ def _batch(vocab_size: int) -> dict[str, np.ndarray]:
 def test_hf_weights_give_hf_logits(hf_model, weights):
   model, safe_dir, bin_dir = hf_model
   folder = safe_dir if weights == 'safetensors' else bin_dir
-  config = checkpoints.config_from_hf(folder)
-  params = checkpoints.load_params(folder, config)
+  config = checkpoint_import.config_from_hf(folder)
+  params = checkpoint_import.load_params(folder, config)
   assert ('logits_dense' in params['decoder']) == (
     not config.logits_via_embedding
   )
@@ -232,7 +236,7 @@ def test_hf_missing_tensor_is_named(hf_model, tmp_path):
     match=rf'missing tensor {name} \(t5x '
     r'decoder/layers_1/mlp/wo/kernel',
   ):
-    checkpoints.load_params(folder)
+    checkpoint_import.load_params(folder)
 
 
 def test_hf_misshapen_tensor_is_named(hf_model, tmp_path):
@@ -250,7 +254,7 @@ def test_hf_misshapen_tensor_is_named(hf_model, tmp_path):
       rf'shape \({inner - 1}, 32\); config.json implies \({inner}, 32\)'
     ),
   ):
-    checkpoints.load_params(folder)
+    checkpoint_import.load_params(folder)
 
 
 def test_hf_unknown_tensor_is_named(hf_model, tmp_path):
@@ -263,7 +267,7 @@ def test_hf_unknown_tensor_is_named(hf_model, tmp_path):
 
   folder = _edited_copy(hf_model[1], tmp_path / 'm', add)
   with pytest.raises(ValueError, match=rf'not in a T5 of this config: {name}'):
-    checkpoints.load_params(folder)
+    checkpoint_import.load_params(folder)
 
 
 def test_torch_state_dict_views_and_dtypes_match_torch(tmp_path):
@@ -279,7 +283,7 @@ def test_torch_state_dict_views_and_dtypes_match_torch(tmp_path):
     'empty': torch.zeros(0, 4),
   }
   torch.save(state, tmp_path / 'w.bin')
-  loaded = checkpoints.load_torch_state_dict(tmp_path / 'w.bin')
+  loaded = checkpoint_import.load_torch_state_dict(tmp_path / 'w.bin')
   assert loaded.keys() == state.keys()
   for name, tensor in state.items():
     expected = tensor.float().numpy()
@@ -312,7 +316,7 @@ def test_bin_with_foreign_global_is_refused_unexecuted(hf_model, tmp_path):
     match=r'refusing to load '
     rf'{os.system.__module__}\.system',
   ):
-    checkpoints.load_params(folder)
+    checkpoint_import.load_params(folder)
   assert not marker.exists()
 
 
@@ -321,7 +325,7 @@ def test_hf_config_json_maps_to_t5_config(hf_model):
   hf = model.config
   with open(safe_dir / 'config.json') as f:
     written = json.load(f)
-  config = checkpoints.config_from_hf(safe_dir)
+  config = checkpoint_import.config_from_hf(safe_dir)
   assert (
     config.vocab_size,
     config.emb_dim,

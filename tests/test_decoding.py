@@ -409,9 +409,7 @@ def test_sampling_is_deterministic_and_stays_in_the_mask(mask):
   raw_by_decode = [
     {
       tuple(d): lp
-      for d, lp in zip(
-        np.asarray(raw_decodes[b]), np.asarray(raw_log_probs[b]), strict=False
-      )
+      for d, lp in zip(np.asarray(raw_decodes[b]), np.asarray(raw_log_probs[b]))
     }
     for b in range(batch)
   ]

@@ -20,12 +20,12 @@ import tensorflow as tf
 import torch
 import transformers
 
-from dsbs_jax import checkpoints
+from dsbs_jax import checkpoint_import
 from dsbs_jax import models
 from dsbs_jax import network
 from dsbs_jax import partitioning
 from dsbs_jax import trainer as trainer_lib
-from tasks.feature_converters import DistillStepByStepFeatureConverter
+from dsbs_jax.two_tasks import DistillStepByStepFeatureConverter
 
 # T5.1.1: gated GELU, untied lm_head; more decoder than encoder layers.
 HF_CONFIG = dict(
@@ -66,9 +66,9 @@ def hf_and_ours(tmp_path_factory):
   )
   folder = tmp_path_factory.mktemp('hf_t5')
   model.save_pretrained(folder)
-  config = checkpoints.config_from_hf(folder)
+  config = checkpoint_import.config_from_hf(folder)
   assert not config.logits_via_embedding
-  params = checkpoints.load_params(folder, config)
+  params = checkpoint_import.load_params(folder, config)
   return model.double(), config, params
 
 
@@ -299,6 +299,36 @@ def test_data_parallel_loss_equals_hf_reference(
   leaves = zip(
     jax.tree.leaves(jax.device_get(state.params)),
     jax.tree.leaves(params),
-    strict=False,
   )
   assert all(np.array_equal(a, b) for a, b in leaves)
+
+
+@pytest.mark.parametrize('pack', [False, True])
+def test_label_only_batch_loss_is_the_hf_label_loss(
+  hf_and_ours, reference, pack
+):
+  """A batch with no rationale examples (a validation batch): the loss is
+  the reference's label loss, not alpha times it, for every alpha, and the
+  reported metrics have the label task's means and no NaN."""
+  _, config, params = hf_and_ours
+  examples, losses_by_task = reference
+  batch = _model_batch([e for e in examples if e['task'] == 1], pack)
+  assert not np.any(batch['decoder_task_ids'] == 2)
+  for alpha in (0.5, 0.3, 1.0):
+    loss, metrics = _loss_and_metrics(config, params, batch, alpha)
+    assert float(loss) == pytest.approx(losses_by_task[1], rel=1e-5), alpha
+    values = trainer_lib.compute_metrics(metrics)
+    assert not any(np.isnan(v) for v in values.values()), values
+    assert values['label_loss'] == pytest.approx(losses_by_task[1], rel=1e-5)
+    assert 0 <= values['label_accuracy'] <= 1
+    # The rationale task had no tokens: its mean is left out, its count is 0.
+    assert 'rationale_loss' not in values
+    assert values['rationale_tokens'] == 0
+  # Likewise a rationale-only batch has the rationale loss (alpha < 1).
+  batch = _model_batch([e for e in examples if e['task'] == 2], pack)
+  loss, metrics = _loss_and_metrics(config, params, batch, 0.3)
+  assert float(loss) == pytest.approx(losses_by_task[2], rel=1e-5)
+  values = trainer_lib.compute_metrics(metrics)
+  assert values['rationale_loss'] == pytest.approx(losses_by_task[2], rel=1e-5)
+  assert not {'label_loss', 'label_accuracy'} & set(values)
+  assert not any(np.isnan(v) for v in values.values()), values

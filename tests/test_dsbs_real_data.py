@@ -1,14 +1,16 @@
 """Distilling step-by-step on the released svamp and cqa data, end to end.
 
-A few training steps of the tiny model on ../shared/data/datasets, then the
-eval binary's function reads the checkpoint and writes the accuracy and a
-predictions file with generated rationales.
+A few training steps of the tiny model on the sample of the release in
+tests/testdata (a few dozen records per split, which is all four steps of
+batch 8 and an eval on 8 examples read), then the eval binary's function
+reads the checkpoint and writes the accuracy and a predictions file with
+generated rationales.
 """
 
 import functools
 import json
 
-from conftest import DATASETS_DIR
+from conftest import SAMPLE_DATA_DIR
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,7 @@ from dsbs_jax import models
 from dsbs_jax import network
 from dsbs_jax import partitioning
 from dsbs_jax import train
-import tasks
+import dsbs_tasks
 
 
 @pytest.mark.parametrize('dataset', ['svamp', 'cqa'])
@@ -31,8 +33,8 @@ def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
   tmp_path, tiny_config, dataset
 ):
   vocabulary = seqio.ByteVocabulary()
-  task = tasks.dsbs_task(
-    dataset, data_dir=str(DATASETS_DIR), vocabulary=vocabulary
+  task = dsbs_tasks.dsbs_task(
+    dataset, data_dir=str(SAMPLE_DATA_DIR), vocabulary=vocabulary
   )
   model = models.DistillStepByStepModel(
     network.Transformer(tiny_config),
@@ -65,7 +67,7 @@ def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
   )
   assert step == 4
   for restored, trained in zip(
-    jax.tree.leaves(params), jax.tree.leaves(state.params), strict=False
+    jax.tree.leaves(params), jax.tree.leaves(state.params)
   ):
     assert restored.dtype == jnp.bfloat16
     np.testing.assert_allclose(
@@ -81,7 +83,7 @@ def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
     model_dir=str(tmp_path),
     num_examples=8,
     partitioner=one_device,
-    rationale_prefix='[rationale] ',
+    write_rationales=True,
   )
   metrics = json.loads((tmp_path / 'eval_test' / 'metrics.json').read_text())
   assert metrics['step'] == 4
@@ -92,7 +94,7 @@ def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
   records = [json.loads(line) for line in lines.splitlines()]
   assert len(records) == 8
   first = json.loads(
-    (DATASETS_DIR / dataset / f'{dataset}_test.json')
+    (SAMPLE_DATA_DIR / dataset / f'{dataset}_test.json')
     .read_text()
     .splitlines()[0]
   )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tasks.feature_converters import DistillStepByStepFeatureConverter
+from dsbs_jax.two_tasks import DistillStepByStepFeatureConverter
 
 LENGTHS = {'inputs': 12, 'targets': 10}
 # (input length, target length, task) of each example.

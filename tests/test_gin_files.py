@@ -3,6 +3,7 @@
 import functools
 from pathlib import Path
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,6 @@ import pytest
 
 from dsbs_jax import gin_utils
 from dsbs_jax import network
-import gin
 
 GIN_DIR = Path(__file__).resolve().parents[1] / 'gin'
 

@@ -6,7 +6,11 @@ import re
 import shlex
 import subprocess
 
+import pytest
 import test_binaries
+
+# End to end: README's main job, about two minutes on a CPU.
+pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
 

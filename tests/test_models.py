@@ -2,21 +2,15 @@
 
 import functools
 
-from conftest import T5X_TINY_DIR
 import numpy as np
 import pytest
 import seqio
 
-from dsbs_jax import checkpoints
 from dsbs_jax import decoding
 from dsbs_jax import losses
 from dsbs_jax import models
 from dsbs_jax import network
-
-
-@pytest.fixture(scope='module')
-def params():
-  return checkpoints.load_params(T5X_TINY_DIR / 'legacy_checkpoint_400')
+from dsbs_jax import trainer as trainer_lib
 
 
 def _encode(texts, length):
@@ -59,7 +53,7 @@ def _uncached_greedy(module, params, encoder_tokens, length):
   return decoded
 
 
-def test_cached_greedy_equals_uncached_argmax(tiny_config, params):
+def test_cached_greedy_equals_uncached_argmax(tiny_config, reference_params):
   module = network.Transformer(tiny_config)
   vocabulary = seqio.ByteVocabulary()
   model = models.EncoderDecoderModel(
@@ -73,14 +67,14 @@ def test_cached_greedy_equals_uncached_argmax(tiny_config, params):
     'encoder_input_tokens': encoder_tokens,
     'decoder_input_tokens': np.zeros((4, 12), np.int32),
   }
-  cached = np.asarray(model.predict_batch(params, batch))
-  uncached = _uncached_greedy(module, params, encoder_tokens, 12)
+  cached = np.asarray(model.predict_batch(reference_params, batch))
+  uncached = _uncached_greedy(module, reference_params, encoder_tokens, 12)
   np.testing.assert_array_equal(cached, uncached)
   # The decodes are non-trivial (the reference model answers these).
   assert all((row > 2).sum() >= 2 for row in cached)
 
 
-def test_cached_step_logits_equal_full_forward(tiny_config, params):
+def test_cached_step_logits_equal_full_forward(tiny_config, reference_params):
   """Feeding the targets one token at a time through the cache reproduces
   the teacher-forced logits at every position."""
   module = network.Transformer(tiny_config)
@@ -91,7 +85,7 @@ def test_cached_step_logits_equal_full_forward(tiny_config, params):
   decoder_inputs = np.zeros_like(targets)
   decoder_inputs[:, 1:] = targets[:, :-1]
   full = module.apply(
-    {'params': params},
+    {'params': reference_params},
     encoder_tokens,
     decoder_inputs,
     np.ones_like(targets),
@@ -99,7 +93,7 @@ def test_cached_step_logits_equal_full_forward(tiny_config, params):
   )
   cache = model._initial_cache(encoder_tokens.shape, targets.shape)
   encoded = module.apply(
-    {'params': params},
+    {'params': reference_params},
     encoder_tokens,
     enable_dropout=False,
     method=module.encode,
@@ -112,12 +106,14 @@ def test_cached_step_logits_equal_full_forward(tiny_config, params):
       cache=cache,
     )
     logits, cache = model._compute_logits_from_slice(
-      state, params, encoded, encoder_tokens, targets.shape[1]
+      state, reference_params, encoded, encoder_tokens, targets.shape[1]
     )
     np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
 
 
-def test_score_batch_is_the_negative_summed_cross_entropy(tiny_config, params):
+def test_score_batch_is_the_negative_summed_cross_entropy(
+  tiny_config, reference_params
+):
   module = network.Transformer(tiny_config)
   vocabulary = seqio.ByteVocabulary()
   model = models.EncoderDecoderModel(module, vocabulary, vocabulary)
@@ -129,9 +125,10 @@ def test_score_batch_is_the_negative_summed_cross_entropy(tiny_config, params):
     'decoder_input_tokens': decoder_inputs,
     'decoder_target_tokens': targets,
   }
-  scores = np.asarray(model.score_batch(params, batch))
+  scores = np.asarray(model.score_batch(reference_params, batch))
   logits = np.asarray(
-    module.apply({'params': params}, **batch, enable_dropout=False), np.float64
+    module.apply({'params': reference_params}, **batch, enable_dropout=False),
+    np.float64,
   )
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
@@ -160,3 +157,55 @@ def test_label_smoothing_and_z_loss_follow_t5x_definitions():
   perfect = np.log(soft[:1, :1])
   zero, _ = losses.token_cross_entropy(perfect, targets[:1, :1], 0.1)
   assert abs(float(zero[0, 0])) < 1e-5
+
+
+def test_task_weights_renormalise_alpha_over_the_tasks_present():
+  both = losses.task_weights(0.3, {'label': 5.0, 'rationale': 7.0})
+  # Both present: alpha and 1 - alpha exactly, as before.
+  assert float(both['label']) == np.float32(0.3)
+  assert float(both['rationale']) == np.float32(1 - 0.3)
+  for alpha in (0.3, 0.5, 1.0):
+    label_only = losses.task_weights(alpha, {'label': 5.0, 'rationale': 0.0})
+    assert (float(label_only['label']), float(label_only['rationale'])) == (
+      1.0,
+      0.0,
+    )
+  rationale_only = losses.task_weights(0.3, {'label': 0.0, 'rationale': 4.0})
+  assert float(rationale_only['rationale']) == 1.0
+  # A task with weight 0 stays at 0; nothing present gives no loss.
+  assert (
+    float(losses.task_weights(1.0, {'label': 0, 'rationale': 4})['rationale'])
+    == 0
+  )
+  none = losses.task_weights(0.5, {'label': 0.0, 'rationale': 0.0})
+  assert float(none['label']) == float(none['rationale']) == 0.0
+
+
+def test_label_only_batch_reports_the_label_loss_and_no_nan(
+  tiny_config, reference_params
+):
+  """A validation batch holds label examples only: the loss is the label
+  loss (not alpha times it) and the reported metrics have no NaN."""
+  vocabulary = seqio.ByteVocabulary()
+  model = models.DistillStepByStepModel(
+    network.Transformer(tiny_config), vocabulary, vocabulary, alpha=0.3
+  )
+  targets = _encode(['7', '12', '3'], 4)
+  batch = {
+    'encoder_input_tokens': _encode(
+      ['[label] a', '[label] bc', '[label] d'], 12
+    ),
+    'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    'decoder_target_tokens': targets,
+    'decoder_task_ids': (targets > 0).astype(np.int32),  # all label task
+  }
+  loss, metrics = model.loss_fn(reference_params, batch, dropout_rng=None)
+  values = trainer_lib.compute_metrics(metrics)
+  assert not any(np.isnan(v) for v in values.values()), values
+  assert float(loss) == pytest.approx(values['label_loss'], rel=1e-6)
+  assert float(loss) > 0
+  assert 'label_accuracy' in values
+  assert 'rationale_loss' not in values and values['rationale_tokens'] == 0
+  # The empty mean is still there, undefined, for whoever computes it.
+  assert isinstance(metrics['rationale_loss'], models.TaskAverage)
+  assert not metrics['rationale_loss'].has_tokens()

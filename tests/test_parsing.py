@@ -3,9 +3,9 @@ text."""
 
 import pytest
 
-from tasks import parsing
-from tasks.parsing import UNPARSED
-from tasks.parsing import Parsed
+from dsbs_tasks import parsing
+from dsbs_tasks.parsing import UNPARSED
+from dsbs_tasks.parsing import Parsed
 
 # --------------------------------------------------------------------------
 # Formatting.

@@ -1,16 +1,22 @@
-"""Reading the release layout and JSON Lines; parse counts on the real data;
-splits and data fractions."""
+"""Reading the release layout and JSON Lines; parse counts on the real data
+(the sample in tests/testdata, and the full release where DSBS_TEST_DATA_DIR
+gives it, against docs/data_counts.md too); splits and data fractions."""
 
 import json
 from pathlib import Path
 import re
 
+from conftest import SAMPLE_DATA_DIR
 import pytest
 
-from tasks import sources
-from tasks.sources import DataError
+from dsbs_tasks import metrics
+from dsbs_tasks import sources
+from dsbs_tasks.sources import DataError
 
-DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'datasets'
+DATA = SAMPLE_DATA_DIR
+DATA_COUNTS_DOC = (
+  Path(__file__).resolve().parents[1] / 'docs' / 'data_counts.md'
+)
 REAL_SPLITS = [
   ('cqa', 'train'),
   ('cqa', 'test'),
@@ -38,7 +44,7 @@ def _once(text, marker):
 
 
 def reference_parse(name, completion):
-  """(rationale, label), '' for a missing part; independent of tasks.parsing."""
+  """(rationale, label), '' for a missing part; not using dsbs_tasks."""
   if name == 'esnli':
     if 'Answer:' not in completion:
       return '', ''
@@ -69,29 +75,95 @@ def reference_parse(name, completion):
   return rationale, rest.lstrip()[:-1]
 
 
-def _raw_split(name, file_split):
-  lines = (DATA / name / f'{name}_{file_split}.json').read_text().splitlines()
+def _raw_split(name, file_split, root=DATA):
+  lines = (root / name / f'{name}_{file_split}.json').read_text().splitlines()
   completions = []
-  llm = DATA / name / 'llm'
+  llm = root / name / 'llm'
   for k in range(len(list(llm.glob(f'{file_split}_CoT_*.json')))):
     completions += json.loads((llm / f'{file_split}_CoT_{k}.json').read_text())
   return [json.loads(line) for line in lines], completions
 
 
 @pytest.mark.parametrize('name, file_split', REAL_SPLITS)
-def test_parse_counts_on_the_real_data(name, file_split):
-  records, completions = _raw_split(name, file_split)
+def test_parse_counts_on_the_real_data(name, file_split, any_data_dir):
+  records, completions = _raw_split(name, file_split, any_data_dir)
   assert len(records) == len(completions)
   expected = [reference_parse(name, c) for c in completions]
-  counts = sources.parse_counts(name, file_split, DATA)
+  counts = sources.parse_counts(name, file_split, any_data_dir)
   assert counts.completions == len(records)
   assert counts.parsed + counts.unparsed == len(records)
   assert counts.parsed == sum(bool(r) and bool(lab) for r, lab in expected)
   assert counts.without_rationale == sum(not r for r, _ in expected)
   assert counts.without_label == sum(not lab for _, lab in expected)
-  examples = sources.load_release_split(name, file_split, DATA).examples
+  examples = sources.load_release_split(name, file_split, any_data_dir).examples
   parts = [(e.rationale or '', e.teacher_label or '') for e in examples]
   assert parts == expected
+
+
+@pytest.mark.parametrize('name, file_split', REAL_SPLITS)
+def test_the_sample_has_unparsed_completions_where_the_release_has(
+  name, file_split
+):
+  """The sample exercises the unparsed path wherever the release can: every
+  split but cqa test, in which every completion parses (docs/data_counts.md).
+  """
+  counts = sources.parse_counts(name, file_split, DATA)
+  assert (counts.unparsed > 0) == ((name, file_split) != ('cqa', 'test'))
+
+
+def _doc_table(heading_columns):
+  """Rows of the docs/data_counts.md table whose header starts with these."""
+  rows, inside = [], False
+  for line in DATA_COUNTS_DOC.read_text().splitlines():
+    cells = [c.strip() for c in line.strip().strip('|').split('|')]
+    if line.startswith('|') and cells[: len(heading_columns)] == list(
+      heading_columns
+    ):
+      inside = True
+    elif inside and not line.startswith('|'):
+      break
+    elif inside and not set(''.join(cells)) <= set('-: '):
+      rows.append(cells)
+  return rows
+
+
+def test_data_counts_doc_matches_the_full_release(release_data_dir):
+  """docs/data_counts.md: parse counts and teacher accuracy per file split,
+  then the sizes of the task splits, all from the full release."""
+  rows = _doc_table(('dataset', 'file split'))
+  assert [tuple(row[:2]) for row in rows] == REAL_SPLITS
+  for name, file_split, *numbers in rows:
+    counts = sources.parse_counts(name, file_split, release_data_dir)
+    examples = sources.load_release_split(
+      name, file_split, release_data_dir
+    ).examples
+    metric = metrics.equation_accuracy if name == 'svamp' else metrics.accuracy
+    accuracy = metric(
+      [e.label for e in examples], [e.teacher_label or '' for e in examples]
+    )['accuracy']
+    assert numbers == [
+      str(counts.completions),
+      str(counts.parsed),
+      str(counts.unparsed),
+      str(counts.without_rationale),
+      str(counts.without_label),
+      f'{accuracy:.4f}',
+    ], (name, file_split)
+
+  rows = _doc_table(('dataset', 'train', 'validation', 'test'))
+  assert [row[0] for row in rows] == ['cqa', 'svamp']
+  for name, *numbers in rows:
+    splits = {
+      split: sources.release_examples(name, split, data_dir=release_data_dir)
+      for split in ('train', 'validation', 'test')
+    }
+    train = splits['train']
+    without_label = sum(e.teacher_label is None for e in train)
+    without_rationale = sum(e.rationale is None for e in train)
+    assert numbers == [
+      *(str(len(split)) for split in splits.values()),
+      f'{without_label} / {without_rationale}',
+    ], name
 
 
 def test_examples_keep_the_ground_truth_next_to_the_teacher():

@@ -248,6 +248,7 @@ def sgd_run(initial_params):
 # -- gradient accumulation ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['encdec', 'dsbs'])
 def test_gradient_accumulation_equals_full_batch_sgd(
   kind, initial_params, sgd_run
@@ -284,6 +285,7 @@ def test_gradient_accumulation_equals_full_batch_sgd(
       assert diff <= 1e-6, (k, step, diff)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_full_batch_adafactor(initial_params):
   """One Adafactor step with 4 microbatches is Adafactor's update for the
   full-batch gradient (factored second moments on the matrices)."""
@@ -350,6 +352,7 @@ def _check_model_sharding(params, model_size):
   assert all(s.data.shape == norm.shape for s in norm.addressable_shards)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'mesh_shape,num_microbatches', [((4, 2), 1), ((2, 4), 2)]
 )

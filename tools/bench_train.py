@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from absl import flags
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -28,9 +29,7 @@ from dsbs_jax import data
 from dsbs_jax import gin_utils
 from dsbs_jax import network
 from dsbs_jax import partitioning
-from dsbs_jax import train as train_lib
 from dsbs_jax import trainer as trainer_lib
-import gin
 
 _WARMUP_STEPS = flags.DEFINE_integer(
   'warmup_steps',
@@ -202,7 +201,7 @@ def report(
       else 'give --peak_tflops or --measure_peak for utilisations'
     )
   total_peak = peak * 1e12 * jax.device_count() if peak else None
-  rates = train_lib.throughput(
+  rates = trainer_lib.throughput(
     _STEPS.value, timing.seconds, timing.examples, timing.target_tokens
   )
 
@@ -266,28 +265,25 @@ def report(
   )
 
 
-def main(argv) -> None:
-  del argv
-  gin_utils.parse_gin_flags()
-  partitioning.initialize_distributed()
-  with gin_utils.config_errors():
-    # What the train binary would get: its gin bindings, references resolved.
-    bindings = gin.get_bindings(train_lib.train)
-    for name in ('model', 'train_dataset'):
-      if name not in bindings:
-        raise gin_utils.GinConfigError(
-          f'train.train.{name} is not bound; add a run file such as '
-          '--gin_file=runs/dsbs.gin.'
-        )
-    trainer_cls = bindings.get('trainer_cls', trainer_lib.Trainer)
-    trainer = trainer_cls(
-      model=bindings['model'],
-      partitioner=bindings.get('partitioner') or partitioning.Partitioner(),
-    )
-    timing = time_train_steps(trainer, bindings['train_dataset'])
+def bench() -> None:
+  """Times the train step the train binary's gin bindings configure."""
+  # The gin files import dsbs_jax.train; its bindings, references resolved.
+  bindings = gin.get_bindings('dsbs_jax.train.train')
+  for name in ('model', 'train_dataset'):
+    if name not in bindings:
+      raise gin_utils.GinConfigError(
+        f'train.train.{name} is not bound; add a run file such as '
+        '--gin_file=runs/dsbs.gin.'
+      )
+  trainer_cls = bindings.get('trainer_cls', trainer_lib.Trainer)
+  trainer = trainer_cls(
+    model=bindings['model'],
+    partitioner=bindings.get('partitioner') or partitioning.Partitioner(),
+  )
+  timing = time_train_steps(trainer, bindings['train_dataset'])
   if jax.process_index() == 0:
     report(timing, trainer, bindings['train_dataset'])
 
 
 if __name__ == '__main__':
-  gin_utils.run(main)
+  gin_utils.run(bench)

@@ -1,11 +1,52 @@
-"""A seqio feature converter that says which task every target token is for."""
+"""The label and rationale tasks as the framework sees them.
 
-from __future__ import annotations
+Distilling step-by-step trains one model on two tasks that differ by a prefix
+on the same input: `[label] <input>` -> label and `[rationale] <input>` ->
+rationale. This module is the one definition of what the seqio tasks
+(`dsbs_tasks`, which emit the examples) and the framework (which weights the
+two losses and generates rationales on request) share:
+
+- `LABEL_TASK`, `RATIONALE_TASK`: the values of an example's `task` feature
+  and of the per-token `decoder_task_ids` (0 marks padding);
+- `TaskPrefixes`: the input prefix of each task, configured once in gin
+  (`two_tasks.TaskPrefixes.label = %LABEL_PREFIX`, likewise `rationale`) and
+  read by the tasks and by rationale generation alike;
+- `DistillStepByStepFeatureConverter`: seqio's encoder-decoder feature
+  converter plus `decoder_task_ids`.
+"""
 
 from collections.abc import Mapping
+import dataclasses
+from typing import TypeVar
 
+import gin
 import seqio
 import tensorflow as tf
+
+LABEL_TASK = 1
+RATIONALE_TASK = 2
+
+Text = TypeVar('Text', str, tf.Tensor)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TaskPrefixes:
+  """The prefix put before the input of each task.
+
+  The reference release used `predict: ` and `explain: `. Bind these once in
+  gin (runs/dsbs.gin does, from LABEL_PREFIX and RATIONALE_PREFIX): the tasks,
+  the train binary's final evaluation, `eval` and `infer` all build their
+  `TaskPrefixes()` from those bindings, so they cannot disagree.
+  """
+
+  label: str = '[label] '
+  rationale: str = '[rationale] '
+
+  def task_input(self, task: int, text: Text) -> Text:
+    """The model input of `task` for `text` (a str, or a tf.string tensor)."""
+    prefix = {LABEL_TASK: self.label, RATIONALE_TASK: self.rationale}[task]
+    return prefix + text
 
 
 class DistillStepByStepFeatureConverter(seqio.EncDecFeatureConverter):
@@ -35,7 +76,7 @@ class DistillStepByStepFeatureConverter(seqio.EncDecFeatureConverter):
     if task is None or task.dtype != tf.int32 or task.shape.rank != 0:
       raise ValueError(
         f"{type(self).__name__} needs a scalar int32 feature 'task' "
-        f'(1: label, 2: rationale); got {task}'
+        f'({LABEL_TASK}: label, {RATIONALE_TASK}: rationale); got {task}'
       )
 
     def add_task_ids(features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
