@@ -1,8 +1,8 @@
 """Exporting T5 weights for others: a HuggingFace T5 folder.
 
 This module's one job is the inverse of `checkpoint_import`'s HuggingFace
-mapping, with the same tables and checks (`_hf_name`, `_hf_transposed`,
-`_FLAX_ACTIVATIONS`, `check_params`): `save_hf` writes a folder that
+mapping, with the same tables and checks (`hf_name`, `hf_transposed`,
+`FLAX_ACTIVATIONS`, `check_params`): `save_hf` writes a folder that
 
 * `transformers.T5ForConditionalGeneration.from_pretrained(folder)` and
   `transformers.AutoTokenizer.from_pretrained(folder)` read as they are, and
@@ -45,7 +45,7 @@ DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
 
 # flax.linen activation -> HuggingFace's name (the inverse of the import's).
 _HF_ACTIVATIONS = {
-  flax: hf for hf, flax in checkpoint_import._FLAX_ACTIVATIONS.items()
+  flax: hf for hf, flax in checkpoint_import.FLAX_ACTIVATIONS.items()
 }
 
 CONFIG_FILE = 'config.json'
@@ -158,9 +158,9 @@ def hf_tensors(
   tensors = {}
   for key, value in traverse_util.flatten_dict(params).items():
     value = np.asarray(value, np.float32)
-    if checkpoint_import._hf_transposed(key):
+    if checkpoint_import.hf_transposed(key):
       value = value.T
-    tensors[checkpoint_import._hf_name(key)] = np.ascontiguousarray(
+    tensors[checkpoint_import.hf_name(key)] = np.ascontiguousarray(
       value.astype(DTYPES[dtype])
     )
   return tensors

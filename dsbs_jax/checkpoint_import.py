@@ -174,12 +174,12 @@ def config_from_hf(path: str | os.PathLike[str]) -> network.T5Config:
     raise CheckpointError(f'{path}: unknown feed_forward_proj {proj!r}.')
   if proj == 'gated-gelu':
     act = 'gelu_new'  # HuggingFace's alias: the tanh-approximate GELU.
-  if act not in _FLAX_ACTIVATIONS:
+  if act not in FLAX_ACTIVATIONS:
     raise CheckpointError(
       f"{path}: activation {act!r} has no t5x equivalent (flax's gelu is "
-      f'the tanh approximation); supported: {sorted(_FLAX_ACTIVATIONS)}.'
+      f'the tanh approximation); supported: {sorted(FLAX_ACTIVATIONS)}.'
     )
-  activation = _FLAX_ACTIVATIONS[act]
+  activation = FLAX_ACTIVATIONS[act]
   return network.T5Config(
     vocab_size=hf['vocab_size'],
     emb_dim=hf['d_model'],
@@ -312,10 +312,10 @@ def restore_orbax_subtree(
 # --- HuggingFace T5ForConditionalGeneration ---------------------------------
 
 # HuggingFace activation name -> flax.linen function name (both tanh GELU).
-_FLAX_ACTIVATIONS = {'relu': 'relu', 'gelu_new': 'gelu', 'silu': 'silu'}
+FLAX_ACTIVATIONS = {'relu': 'relu', 'gelu_new': 'gelu', 'silu': 'silu'}
 
 # transformers' T5Config defaults: config.json may omit keys at their default.
-_HF_DEFAULTS = {
+HF_DEFAULTS = {
   'vocab_size': 32128,
   'd_model': 512,
   'd_kv': 64,
@@ -377,7 +377,7 @@ _HF_INT_KEYS = {
 def _hf_config(directory: epath.Path) -> dict[str, Any]:
   """config.json over transformers' defaults, each value checked."""
   path = directory / 'config.json'
-  hf = _HF_DEFAULTS | _read_json(path)
+  hf = HF_DEFAULTS | _read_json(path)
 
   def bad(key: str, expected: str) -> CheckpointError:
     return CheckpointError(
@@ -421,7 +421,7 @@ def _logits_via_embedding(hf: Mapping[str, Any]) -> bool:
   return hf.get('scale_decoder_outputs', hf['tie_word_embeddings'])
 
 
-def _hf_name(key: _Key) -> str:
+def hf_name(key: _Key) -> str:
   """HuggingFace name of the t5x parameter `key`."""
   match key:
     case ('token_embedder', 'embedding'):
@@ -448,7 +448,7 @@ def _hf_name(key: _Key) -> str:
   )
 
 
-def _hf_transposed(key: _Key) -> bool:
+def hf_transposed(key: _Key) -> bool:
   """Whether HuggingFace stores the t5x parameter `key` transposed.
 
   Linear weights are (out, in) in HuggingFace and kernels (in, out) in t5x;
@@ -461,7 +461,7 @@ def _load_hf(directory: epath.Path) -> Params:
   """Maps HuggingFace tensors onto the tree its config.json implies.
 
   Linear weights and the relative attention bias are transposed to t5x's
-  layout (`_hf_transposed`).
+  layout (`hf_transposed`).
   """
   hf = _hf_config(directory)
   tensors = _read_hf_tensors(directory)
@@ -478,7 +478,7 @@ def _load_hf(directory: epath.Path) -> Params:
     )
   flat, used = {}, set(_HF_REDUNDANT) | {'lm_head.weight'}
   for key, shape in param_shapes(config_from_hf(directory)).items():
-    name = _hf_name(key)
+    name = hf_name(key)
     if (
       name == 'lm_head.weight'
       and name not in tensors
@@ -490,7 +490,7 @@ def _load_hf(directory: epath.Path) -> Params:
         f'{directory}: missing tensor {name} (t5x '
         f'{"/".join(key)}, shape {shape}).'
       )
-    transposed = _hf_transposed(key)
+    transposed = hf_transposed(key)
     value = tensors[name].T if transposed else tensors[name]
     if value.shape != shape:
       raise CheckpointError(

@@ -117,23 +117,30 @@ def _mute_echoes_of_a_failed_save() -> None:
   sys.unraisablehook = muted
 
 
-def finished_steps(model_dir: str) -> list[int]:
-  """Steps of the complete checkpoints in `model_dir`, oldest first (orbax
-  renames a checkpoint's temporary directory to `checkpoint_<step>` when
-  everything in it is written; on cloud storage it adds a commit file)."""
+def finished_steps(model_dir: str | epath.Path) -> list[int]:
+  """Steps of the complete checkpoints in `model_dir`, oldest first."""
   directory = epath.Path(model_dir)
   if not directory.is_dir():
     return []
-  steps = []
-  for path in directory.iterdir():
-    prefix, _, step = path.name.rpartition('_')
-    if (
-      prefix == CHECKPOINT_PREFIX
-      and step.isdigit()
-      and ocp.step.is_path_finalized(path)
-    ):
-      steps.append(int(step))
-  return sorted(steps)
+  steps = (_finished_step(path) for path in directory.iterdir())
+  return sorted(step for step in steps if step is not None)
+
+
+def _finished_step(directory: epath.Path) -> int | None:
+  """The step of a complete `checkpoint_<step>` directory, else None.
+
+  Orbax renames a checkpoint's temporary directory to `checkpoint_<step>`
+  when everything in it is written; on cloud storage, where it writes in
+  place, it adds a commit file instead. `is_path_finalized` knows both.
+  """
+  prefix, _, step = directory.name.rpartition('_')
+  if (
+    prefix == CHECKPOINT_PREFIX
+    and step.isdigit()
+    and ocp.step.is_path_finalized(directory)
+  ):
+    return int(step)
+  return None
 
 
 class TrainCheckpointer:
@@ -216,9 +223,16 @@ class TrainCheckpointer:
       return None
     saved = self._manager.item_metadata(step).tree
     _check_saved_shapes(saved['params'], shapes.params, self.model_dir)
-    return self._manager.restore(
-      step, args=ocp.args.StandardRestore(_abstract(shapes, shardings))
-    )
+    try:
+      return self._manager.restore(
+        step, args=ocp.args.StandardRestore(_abstract(shapes, shardings))
+      )
+    except (ValueError, KeyError, TypeError) as e:  # The tree differs.
+      raise checkpoint_import.CheckpointError(
+        f'{self.model_dir} holds a train state this configuration cannot '
+        f'restore (another optimizer?): {str(e).strip().splitlines()[0][:300]}'
+        '. Use a new MODEL_DIR or the gin files of the run that wrote it.'
+      ) from e
 
   def wait(self) -> None:
     """Waits for pending saves; raises `CheckpointWriteError` if one failed."""
@@ -228,27 +242,17 @@ class TrainCheckpointer:
 
 def _own_checkpoint(path: epath.Path) -> tuple[epath.Path, int] | None:
   """(checkpoint directory, step) when `path` is a run of ours (its newest
-  finished checkpoint) or one of its `checkpoint_<step>` directories."""
-
-  def step_of(directory: epath.Path) -> int | None:
-    prefix, _, step = directory.name.rpartition('_')
-    if (
-      prefix == CHECKPOINT_PREFIX
-      and step.isdigit()
-      and (directory / 'default').is_dir()
-    ):
-      return int(step)
-    return None
-
-  if step_of(path) is not None:
-    return path, step_of(path)
-  if not path.is_dir():
-    return None
-  steps = [(step_of(d), d) for d in path.iterdir() if step_of(d) is not None]
-  if not steps:
-    return None
-  step, directory = max(steps)
-  return directory, step
+  complete checkpoint) or one of its complete `checkpoint_<step>`
+  directories; None for anything else (t5x names its directories alike, but
+  ours hold the orbax item `default`)."""
+  step = _finished_step(path)
+  if step is None:
+    steps = finished_steps(path)
+    if not steps:
+      return None
+    step = steps[-1]
+    path = path / f'{CHECKPOINT_PREFIX}_{step}'
+  return (path, step) if (path / 'default').is_dir() else None
 
 
 def restore_params(

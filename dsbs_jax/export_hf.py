@@ -121,6 +121,11 @@ def _bound(binding_key: str) -> bool:
 def export_from_flags() -> int:
   """`export` with the module and vocabulary of the gin files (MODULE,
   VOCABULARY, unless bound to `export` itself) and the command's flags."""
+  if jax.process_count() > 1:
+    raise checkpoint_export.ExportError(
+      'dsbs-export-hf runs in one process: run it on one machine, without '
+      'a multi-host mesh file (it needs no accelerator).'
+    )
   values = flags.FLAGS
   for name in ('checkpoint', 'output'):
     if not values[name].value:

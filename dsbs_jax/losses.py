@@ -138,8 +138,8 @@ def distill_step_by_step_loss(
   task_ids: Array,
   alpha: float,
   counts: Mapping[str, Array],
-) -> tuple[Array, dict[str, Array]]:
-  """`alpha * L_label + (1 - alpha) * L_rationale` and each term.
+) -> Array:
+  """`alpha * L_label + (1 - alpha) * L_rationale`.
 
   `counts` are the global per-task token counts (`task_token_counts` over the
   whole batch). A task absent from the batch has term 0, and the present
@@ -153,11 +153,10 @@ def distill_step_by_step_loss(
     task_sum = jnp.sum(token_loss * weights * (task_ids == task))
     terms[name] = task_sum / jnp.maximum(counts[name], 1.0)
   task_weight = task_weights(alpha, counts)
-  loss = (
+  return (
     task_weight['label'] * terms['label']
     + task_weight['rationale'] * terms['rationale']
   )
-  return loss, terms
 
 
 def task_metric_sums(
@@ -213,10 +212,8 @@ def distill_step_by_step_from_logits(
   token_loss, token_z_loss = token_cross_entropy(
     logits, targets, label_smoothing, z_loss
   )
-  loss, _ = distill_step_by_step_loss(
-    token_loss, weights, task_ids, alpha, counts
-  )
-  z_share, _ = distill_step_by_step_loss(
+  loss = distill_step_by_step_loss(token_loss, weights, task_ids, alpha, counts)
+  z_share = distill_step_by_step_loss(
     token_z_loss, weights, task_ids, alpha, counts
   )
   return TwoTaskLoss(

@@ -106,7 +106,9 @@ def train(
 
   periodic_eval = evaluation(eval_split, False) if eval_period else None
   nonfinite = _NonFiniteSteps(max_consecutive_nonfinite_steps, checkpointer)
-  # Examples and target tokens since the last log, from all hosts' batches.
+  # Examples and target tokens since the last log: this host's counts times
+  # the number of hosts, an estimate of the global batches' (hosts' shards
+  # differ a little where examples are packed).
   seen = np.zeros(2, np.int64)
   steps_since_log = 0
   last_log = time.time()
@@ -144,7 +146,8 @@ def train(
         periodic_eval(state.params, step)
     nonfinite.settle()
     checkpointer.wait()  # Until the last checkpoint is committed.
-    # Also true for a signal during that wait: skip the final evaluation.
+    # With one process on its own, also true for a signal during that wait:
+    # then the final evaluation is skipped too.
     preempted = stop_signals.reached(int(state.step))
   if preempted:
     stop_signals.report(train_steps, model_dir)
@@ -158,18 +161,21 @@ class _StopSignals:
   """SIGTERM and SIGINT as a request to stop after the current step.
 
   Cloud TPU spot VMs and queued resources send SIGTERM a little while before
-  they take the machine. With one process, a handler notes the signal and
-  `reached` reports it after the step in flight. With several, all must stop
-  at the same step: jax's preemption service (started by
-  `jax.distributed.initialize`; it watches SIGTERM itself, so we leave that
-  signal alone) agrees on the first step every process can reach, which
-  orbax's `reached_preemption` reports; SIGINT is passed on to it as SIGTERM.
-  A second signal ends the process at once.
+  they take the machine. Where jax's multi-host runtime runs
+  (`jax.distributed.initialize`, with one process or many), its preemption
+  service watches SIGTERM itself, so we leave that signal alone: it agrees on
+  the first step every process can reach, which orbax's `reached_preemption`
+  reports, and SIGINT is passed on to it as SIGTERM. Without it (one process
+  on its own), a handler notes the signal and `reached` reports it after the
+  step in flight. A second signal ends the process at once.
   """
 
   def __init__(self, checkpointer: checkpoints.TrainCheckpointer):
     self._checkpointer = checkpointer
-    self._multiprocess = jax.process_count() > 1
+    self._use_preemption_service = (
+      jax.distributed.is_initialized()
+      and jax.config.jax_enable_preemption_service
+    )
     self._previous = {}
     # The name of the signal this process's handler got (with several
     # processes, jax's handler takes SIGTERM).
@@ -179,7 +185,7 @@ class _StopSignals:
   def __enter__(self) -> '_StopSignals':
     if threading.current_thread() is threading.main_thread():
       signals = [signal.SIGINT]
-      if not self._multiprocess:
+      if not self._use_preemption_service:
         signals.append(signal.SIGTERM)
       for signum in signals:
         self._previous[signum] = signal.signal(signum, self._handle)
@@ -187,12 +193,14 @@ class _StopSignals:
 
   def __exit__(self, *exc_info) -> None:
     for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
+      # None: a handler installed outside Python (jax's), which we never
+      # replace; restore the default rather than fail.
+      signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     self._previous.clear()
 
   def reached(self, step: int) -> bool:
     """Whether to stop after `step` (the same answer on every process)."""
-    if self._multiprocess:
+    if self._use_preemption_service:
       stop = self._checkpointer.reached_preemption(step)
     else:
       stop = self.received is not None
@@ -223,7 +231,7 @@ class _StopSignals:
       'at once).',
       self.received,
     )
-    if self._multiprocess:
+    if self._use_preemption_service:
       signal.raise_signal(signal.SIGTERM)  # To jax's preemption service.
 
 
@@ -315,7 +323,8 @@ def _ensure_writable_dir(path: str) -> None:
     return
   try:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, '.write_test')
+    # One probe per host: hosts may share the folder (NFS, Lustre, GCSFuse).
+    probe = os.path.join(path, f'.write_test.{jax.process_index()}')
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)

@@ -36,8 +36,8 @@ class TaskPrefixes:
 
   The reference release used `predict: ` and `explain: `. Bind these once in
   gin (runs/dsbs.gin does, from LABEL_PREFIX and RATIONALE_PREFIX): the tasks,
-  the train binary's final evaluation, `eval` and `infer` all build their
-  `TaskPrefixes()` from those bindings, so they cannot disagree.
+  the final evaluation of `train`, `eval`, `infer` and `export_hf` all build
+  their `TaskPrefixes()` from those bindings, so they cannot disagree.
   """
 
   label: str = '[label] '

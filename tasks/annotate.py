@@ -168,7 +168,7 @@ def run(
     requests, retries, seconds = _annotate(
       config, prompt, journal, todo, len(items), before
     )
-    journal.close()
+    # Still holding the journal's lock: no other run appends meanwhile.
     journal.rewrite_sorted()
   finally:
     journal.close()

@@ -249,7 +249,9 @@ def read_shots(path: Path) -> tuple[dict[str, str], ...]:
       if isinstance(value, str) and value.strip():
         shot[field] = value
       elif value is not None:
-        raise AnnotateError(f'{path}:{number}: `{field}` is not a string')
+        raise AnnotateError(
+          f'{path}:{number}: `{field}` must be a non-empty string'
+        )
     shots.append(shot)
   return tuple(shots)
 
@@ -271,17 +273,19 @@ def make_prompt(
   """
   template = read_template(prompt)
   if shots is not None:
-    shot_list = read_shots(Path(shots))
+    shots_path = Path(shots)
   elif prompt in BUILTIN_PROMPTS:
-    shot_list = read_shots(_prompt_file(f'{prompt}_shots.jsonl'))
+    shots_path = _prompt_file(f'{prompt}_shots.jsonl')
   else:
-    shot_list = ()
+    shots_path = None
+  shot_list = read_shots(shots_path) if shots_path else ()
   needed = {m.group(1) for m in _SLOT_RE.finditer(template.text)}
   for number, shot in enumerate(shot_list, start=1):
     if missing := needed - set(shot):
       raise AnnotateError(
-        f'shot {number} lacks {", ".join(sorted(missing))} for the template '
-        f'{template.name} (NLI shots have `premise </s> hypothesis` inputs)'
+        f'{shots_path}: shot {number} lacks '
+        f'{", ".join(sorted(missing))} for the template {template.name} '
+        '(NLI shots have `premise </s> hypothesis` inputs)'
       )
   if parser is None:
     if prompt in BUILTIN_PROMPTS:

@@ -230,7 +230,6 @@ def dsbs_task(
   seed: int = 0,
   vocabulary: seqio.Vocabulary | None = None,
   keep_unparsed: bool = False,
-  prefixes: two_tasks.TaskPrefixes | None = None,
   jsonl_files: Mapping[str, str] | None = None,
 ) -> str:
   """Registers the Task these arguments describe, if new; returns its name.
@@ -250,11 +249,13 @@ def dsbs_task(
     keep_unparsed: keep examples whose teacher completion did not parse, with
       a blank target (the reference's behaviour), instead of dropping them
       from the task that needs the missing part.
-    prefixes: the input prefix of each task; by default `TaskPrefixes()`,
-      whose fields gin binds once for every binary (runs/dsbs.gin).
     jsonl_files: for `jsonl`, {'train': path, 'validation': path, 'test':
       path}; validation and test are optional (validation is then held out
       of train). See dsbs_tasks.sources for the fields.
+
+  The input prefix of each task is `two_tasks.TaskPrefixes()`, whose fields
+  gin binds once for every binary (runs/dsbs.gin): the one definition that
+  rationale generation and the HuggingFace export read too.
 
   Returns:
     The name of the registered seqio Task.
@@ -277,7 +278,7 @@ def dsbs_task(
     data_fraction=float(data_fraction),
     seed=seed if data_fraction != 1 else 0,  # the seed picks a subset only
     keep_unparsed=keep_unparsed,
-    prefixes=prefixes or two_tasks.TaskPrefixes(),
+    prefixes=two_tasks.TaskPrefixes(),
     jsonl_files=jsonl_files,
   )
   if vocabulary is None:

@@ -17,7 +17,9 @@ from test_binaries import _shared_compilation_cache  # noqa: F401 (autouse)
 from test_binaries import binary_env
 from test_binaries import run_binary
 
+from dsbs_jax import checkpoint_import
 from dsbs_jax import checkpoints
+from dsbs_jax import trainer
 
 PERIOD = 20
 
@@ -149,3 +151,30 @@ def test_storage_errors_are_told_from_bugs():
     'PERMISSION_DENIED: gs://bucket/run: access denied'
   )
   assert checkpoints.storage_error(TypeError('a bug')) is None
+
+
+def test_resuming_a_state_of_another_optimizer_says_so(tmp_path):
+  """A MODEL_DIR written with another optimizer (Adafactor's factored state
+  against AdamW's moments, say): one CheckpointError, not orbax's traceback."""
+  params = {'w': np.ones((2, 3), np.float32)}
+
+  def state(opt_state):
+    return trainer.TrainState(
+      step=np.int32(4), params=params, opt_state=opt_state
+    )
+
+  saver = checkpoints.TrainCheckpointer(str(tmp_path), period=1)
+  saver.save(4, state({'v_row': np.zeros(2, np.float32)}))
+  saver.wait()
+  other = state(
+    {'mu': np.zeros((2, 3), np.float32), 'nu': np.zeros((2, 3), np.float32)}
+  )
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = jax.tree.map(lambda _: device, other)
+  with pytest.raises(
+    checkpoint_import.CheckpointError, match='another optimizer'
+  ):
+    checkpoints.TrainCheckpointer(str(tmp_path), period=1).restore_latest(
+      shapes, shardings
+    )

@@ -440,7 +440,7 @@ def test_hf_config_maps_back_to_the_config(activations, proj, tied, tmp_path):
   )
   written = checkpoint_export.hf_config(config, seqio.ByteVocabulary())
   assert written['feed_forward_proj'] == proj
-  assert written.keys() >= checkpoint_import._HF_DEFAULTS.keys()
+  assert written.keys() >= checkpoint_import.HF_DEFAULTS.keys()
   (tmp_path / 'config.json').write_text(json.dumps(written))
   assert checkpoint_import.config_from_hf(tmp_path) == config
   hf = transformers.T5Config.from_pretrained(tmp_path)

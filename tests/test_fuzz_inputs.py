@@ -44,6 +44,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from dsbs_jax import checkpoint_export
 from dsbs_jax import checkpoint_import
 from dsbs_jax import errors
 from dsbs_jax import gin_utils
@@ -849,17 +850,6 @@ def _copy_tree(source: Path, destination: Path) -> Path:
   return destination
 
 
-def _hf_tensors(params: dict[str, Any]) -> dict[str, np.ndarray]:
-  """t5x parameters under their HuggingFace names, in HuggingFace's layout."""
-  tensors = {}
-  for key, value in traverse_util.flatten_dict(params).items():
-    transposed = key[-1] in ('kernel', 'rel_embedding')
-    tensors[checkpoint_import._hf_name(key)] = np.ascontiguousarray(
-      value.T if transposed else value
-    )
-  return tensors
-
-
 HF_CONFIG = {
   'model_type': 't5',
   'vocab_size': 384,
@@ -887,11 +877,14 @@ def checkpoint_bases(tmp_path_factory) -> dict[str, Path]:
     'legacy': T5X_TINY_DIR / 'legacy_checkpoint_400',
     'orbax': T5X_TINY_DIR / 'orbax_checkpoint_400',
   }
-  tensors = _hf_tensors(checkpoint_import.load_params(bases['legacy']))
   for name in ('safetensors', 'sharded', 'bin'):
     bases[name] = root / name
     bases[name].mkdir()
     (bases[name] / 'config.json').write_text(json.dumps(HF_CONFIG))
+  tensors = checkpoint_export.hf_tensors(
+    checkpoint_import.load_params(bases['legacy']),
+    checkpoint_import.config_from_hf(bases['safetensors']),
+  )
   safetensors.numpy.save_file(
     tensors, bases['safetensors'] / 'model.safetensors'
   )
@@ -1245,7 +1238,9 @@ def test_checkpoint_paths_fuzzed(tmp_path, tiny_config, checkpoint_bases):
     for kind, base in checkpoint_bases.items()
   }
   for folder in work.values():  # the bases are valid
-    _check_params(tiny_config)(_load_checkpoint(folder, tiny_config))
+    assert (
+      _check_params(tiny_config)(_load_checkpoint(folder, tiny_config)) is None
+    )
   cases = _Cases()
   for seed in CHECKPOINT_SEEDS:
     rng = random.Random(f'checkpoint/{seed}')

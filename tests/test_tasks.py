@@ -310,6 +310,18 @@ def test_named_tasks_are_registered_at_import():
   )
 
 
+def _with_prefixes(label: str, rationale: str, make):
+  """make() with gin binding the task prefixes, as LABEL_PREFIX and
+  RATIONALE_PREFIX do in runs/dsbs.gin."""
+  with gin.unlock_config():
+    gin.bind_parameter('TaskPrefixes.label', label)
+    gin.bind_parameter('TaskPrefixes.rationale', rationale)
+  try:
+    return make()
+  finally:
+    gin.clear_config()
+
+
 def test_names_differ_when_the_task_does():
   other_vocabulary = seqio.SentencePieceVocabulary('/my/spm.model')
   names = {
@@ -317,7 +329,7 @@ def test_names_differ_when_the_task_does():
     dsbs_task('cqa', data_fraction=0.5),
     dsbs_task('cqa', data_fraction=0.5, seed=1),
     dsbs_task('cqa', keep_unparsed=True),
-    dsbs_task('cqa', prefixes=two_tasks.TaskPrefixes('predict: ', 'explain: ')),
+    _with_prefixes('predict: ', 'explain: ', lambda: dsbs_task('cqa')),
     dsbs_task('cqa', data_dir='/elsewhere'),
     dsbs_task('cqa', vocabulary=other_vocabulary),
   }
