@@ -28,6 +28,7 @@ from dsbs_jax import train
 import dsbs_tasks
 
 
+@pytest.mark.slow  # End to end: trains, restores, evaluates.
 @pytest.mark.parametrize('dataset', ['svamp', 'cqa'])
 def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
   tmp_path, tiny_config, dataset

@@ -91,6 +91,7 @@ def test_packed_equals_unpacked(tiny_config, activations, tied):
     offset += len(targets)
 
 
+@pytest.mark.slow  # One compile per example length.
 def test_mixed_lengths_match_single_examples(tiny_config):
   rng = np.random.default_rng(1)
   examples = [

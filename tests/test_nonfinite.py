@@ -68,6 +68,7 @@ def _assert_same(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_changes_neither_parameters_nor_optimizer_state():
   adamw = trainer_lib.adamw(1e-2, weight_decay=0.1)
   states, metrics = _run(
@@ -86,6 +87,7 @@ def test_a_nonfinite_step_changes_neither_parameters_nor_optimizer_state():
   assert metrics[3]['loss'] == clean_metrics[1]['loss']
 
 
+@pytest.mark.slow
 def test_an_update_that_overflows_is_skipped_too():
   """Finite loss and gradients, but the new parameters would not be."""
   overflowing = optax.stateless(

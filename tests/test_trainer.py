@@ -463,7 +463,13 @@ def test_optimizers_record_their_learning_rate():
 
 @pytest.mark.parametrize(
   'kind,num_microbatches',
-  [('dsbs', 1), ('dsbs', 2), ('dsbs', 4), ('encdec', 2)],
+  [
+    ('dsbs', 1),
+    # The microbatched runs are shared with the (slow) accumulation tests.
+    pytest.param('dsbs', 2, marks=pytest.mark.slow),
+    pytest.param('dsbs', 4, marks=pytest.mark.slow),
+    pytest.param('encdec', 2, marks=pytest.mark.slow),
+  ],
 )
 def test_train_step_metrics(kind, num_microbatches, initial_params, sgd_run):
   params_after, metrics_of = sgd_run(kind, num_microbatches)
