@@ -86,3 +86,13 @@ def expected() -> dict[str, np.ndarray]:
 def reference_params():
   """The parameters t5x wrote (its legacy checkpoint), in our tree."""
   return checkpoint_import.load_params(T5X_TINY_DIR / 'legacy_checkpoint_400')
+
+
+def reference_batch(expected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The batch t5x computed `expected`'s logits and loss on."""
+  names = (
+    'encoder_input_tokens',
+    'decoder_input_tokens',
+    'decoder_target_tokens',
+  )
+  return {name: expected[name] for name in names}

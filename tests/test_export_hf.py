@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from conftest import T5X_TINY_DIR
+from conftest import reference_batch
 from flax import linen as nn
 from flax import traverse_util
 import jax
@@ -105,17 +106,6 @@ def _hf_greedy(model, encoder_input_tokens, length) -> np.ndarray:
   return decodes
 
 
-def _batch(expected):
-  return {
-    k: expected[k]
-    for k in (
-      'encoder_input_tokens',
-      'decoder_input_tokens',
-      'decoder_target_tokens',
-    )
-  }
-
-
 # --- the real-t5x reference, exported -----------------------------------------
 
 
@@ -145,7 +135,7 @@ def test_reference_export_gives_t5x_logits_decodes_and_tokens(
     'label': {'prefix': '[label] '},
     'rationale': {'prefix': '[rationale] '},
   }
-  batch = _batch(expected)
+  batch = reference_batch(expected)
   diff = _max_diff(_hf_logits(model, batch), expected['logits'], batch)
   print(f'float32 export: max |HF - t5x| logit difference {diff:.2e}')
   assert diff <= 1e-4
@@ -177,7 +167,7 @@ def test_reference_export_reads_back_exactly_and_decodes_as_hf(
     vocabulary,
     vocabulary,
     decode_fn=functools.partial(decoding.temperature_sample, temperature=0.0),
-  ).predict_batch(params, _batch(expected))
+  ).predict_batch(params, reference_batch(expected))
   np.testing.assert_array_equal(
     ours, _hf_greedy(_load(tmp_path), expected['encoder_input_tokens'], 16)
   )
@@ -197,7 +187,7 @@ def test_bfloat16_export_is_the_rounded_weights(
   )
   _assert_trees_equal(checkpoint_import.load_params(tmp_path), rounded)
 
-  batch = _batch(expected)
+  batch = reference_batch(expected)
   ours = _our_logits(tiny_config, rounded, batch)
   # The bfloat16 weights computed in float32: our network's logits on them.
   as_f32 = _hf_logits(_load(tmp_path, dtype=torch.float32), batch)

@@ -7,6 +7,7 @@ logits, loss, greedy decodes and beam decodes t5x computed from it.
 import functools
 
 from conftest import T5X_TINY_DIR
+from conftest import reference_batch
 import numpy as np
 import seqio
 
@@ -14,17 +15,6 @@ from dsbs_jax import checkpoint_import
 from dsbs_jax import decoding
 from dsbs_jax import models
 from dsbs_jax import network
-
-
-def _batch(expected):
-  return {
-    k: expected[k]
-    for k in (
-      'encoder_input_tokens',
-      'decoder_input_tokens',
-      'decoder_target_tokens',
-    )
-  }
 
 
 def _model(config, **kwargs):
@@ -41,14 +31,14 @@ def test_both_checkpoint_formats_give_the_expected_logits(
   for name in ('legacy_checkpoint_400', 'orbax_checkpoint_400'):
     params = checkpoint_import.load_params(T5X_TINY_DIR / name, tiny_config)
     logits = module.apply(
-      {'params': params}, **_batch(expected), enable_dropout=False
+      {'params': params}, **reference_batch(expected), enable_dropout=False
     )
     # All positions, padding included: our masking is t5x's.
     np.testing.assert_allclose(logits, expected['logits'], atol=1e-4, rtol=0)
 
 
 def test_loss_matches_t5x(tiny_config, expected, reference_params):
-  batch = _batch(expected)
+  batch = reference_batch(expected)
   batch['decoder_loss_weights'] = (batch['decoder_target_tokens'] > 0).astype(
     np.float32
   )
@@ -64,7 +54,7 @@ def test_loss_matches_t5x(tiny_config, expected, reference_params):
 def test_greedy_decodes_match_t5x(tiny_config, expected, reference_params):
   greedy = functools.partial(decoding.temperature_sample, temperature=0.0)
   model = _model(tiny_config, decode_fn=greedy)
-  decodes = model.predict_batch(reference_params, _batch(expected))
+  decodes = model.predict_batch(reference_params, reference_batch(expected))
   np.testing.assert_array_equal(decodes, expected['greedy_decodes'])
   texts = [seqio.ByteVocabulary().decode(d.tolist()) for d in decodes]
   assert texts == ['a1', '5 mod 3 = 0', 'a2', '3 mod 3 = 0']  # README's
@@ -72,7 +62,7 @@ def test_greedy_decodes_match_t5x(tiny_config, expected, reference_params):
 
 def test_beam_search_matches_t5x(tiny_config, expected, reference_params):
   model = _model(tiny_config)  # beam search is the default, as in t5x
-  batch = _batch(expected)
+  batch = reference_batch(expected)
   best, aux = model.predict_batch_with_aux(
     reference_params, batch, num_decodes=4
   )
