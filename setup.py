@@ -8,6 +8,7 @@ _CORE = [
   'flax>=0.12.8',
   'gin-config>=0.5.0',
   'jax>=0.10.2',
+  'matplotlib',
   'msgpack',
   'numpy>=2.0',
   'openai>=1.0',
@@ -57,6 +58,7 @@ setuptools.setup(
       'dsbs-infer = dsbs_jax.infer:main',
       'dsbs-export-hf = dsbs_jax.export_hf:main',
       'dsbs-annotate = dsbs_tasks.annotate:main',
+      'dsbs-data-efficiency = dsbs_tasks.data_efficiency:main',
     ],
   },
 )

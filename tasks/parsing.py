@@ -27,6 +27,9 @@ A part that the rule cannot find, or that comes out empty, is `None`. Precisely:
 - anli1: cut at the first `Premise:`; `So the answer is` must then occur
   exactly once. Label: the remainder, left-stripped, without its last
   character (the reference drops the final period this way).
+- answer sentence (the single-task targets of data without a teacher pattern
+  of its own): `So the answer is` exactly once. Rationale: the text before
+  it. Label: the text after it, stripped, with one final period removed.
 
 Labels are not checked against a set of classes: a teacher label that is
 wrong, or not a class at all, is still the teacher's label.
@@ -203,3 +206,66 @@ def parse_anli1(completion: str) -> Parsed:
     return UNPARSED
   rationale, answer = parts
   return Parsed(_nonempty(rationale.rstrip()), _nonempty(answer.lstrip()[:-1]))
+
+
+# --------------------------------------------------------------------------
+# The single-task baseline: rationale and label in one target.
+#
+# The target is the teacher's rationale followed by its label in the
+# teacher's own pattern, so that the dataset's completion parser reads the
+# label back from a generated target. `synthetic`, `synthetic_multistep` and
+# JSON Lines data have no teacher pattern of their own; they use
+# `{rationale} So the answer is {label}.`, read by `parse_answer_sentence`.
+
+ANSWER_SENTENCE = 'So the answer is'
+
+
+def cqa_option_letter(input_text: str, label: str) -> str:
+  """The letter of the choice `label` in a cqa input (format_cqa's lines).
+
+  A teacher label that is no choice at all gets `?`: the parser accepts any
+  single character between the parentheses, and the letter only mirrors the
+  teacher's text.
+  """
+  for letter in CQA_OPTION_LETTERS:
+    if f'\n({letter}) {label}\n' in f'{input_text}\n':
+      return letter
+  return '?'
+
+
+def parse_answer_sentence(completion: str) -> Parsed:
+  """`{rationale} So the answer is {label}.`, the sentence exactly once."""
+  parts = _split_once(completion, ANSWER_SENTENCE)
+  if parts is None:
+    return UNPARSED
+  rationale, answer = parts
+  label = answer.strip().removesuffix('.')
+  return Parsed(_nonempty(rationale.rstrip()), _nonempty(label))
+
+
+def single_task_target(
+  dataset: str, input_text: str, rationale: str, label: str
+) -> str:
+  """The single-task target of one example, in its dataset's pattern."""
+  if dataset == 'cqa':
+    letter = cqa_option_letter(input_text, label)
+    return f'{rationale} {ANSWER_SENTENCE} ({letter}) {label}.'
+  if dataset == 'svamp':
+    return f'{rationale} The answer is {label}.'
+  if dataset == 'esnli':
+    return f'{rationale}\nAnswer: {label}'
+  return f'{rationale} {ANSWER_SENTENCE} {label}.'
+
+
+_SINGLE_TASK_PARSERS = {
+  'cqa': parse_cqa,
+  'svamp': parse_svamp,
+  'esnli': parse_esnli,
+  'anli1': parse_anli1,
+}
+
+
+def single_task_label(dataset: str, text: str) -> str | None:
+  """The label of a generated single-task target; None if it has none."""
+  parse = _SINGLE_TASK_PARSERS.get(dataset, parse_answer_sentence)
+  return parse(text).label

@@ -15,15 +15,24 @@ training distilling step-by-step, right after it
 generated from its input and written next to the teacher's. An example
 whose target is missing is dropped unless `keep_unparsed` (the reference's
 behaviour: train on a blank target).
+
+The single-task baseline trains the label task alone on targets that hold
+the teacher's rationale and then its label (`single_task_examples`); its
+generations are scored on the label read back from them
+(`single_task_postprocess`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
+from typing import Any
 
+from absl import logging
 import tensorflow as tf
 
 from dsbs_jax import two_tasks
+from dsbs_tasks import parsing
 from dsbs_tasks.sources import Example
 
 LABEL_SOURCES = ('llm', 'gt')
@@ -82,3 +91,48 @@ def make_examples(
 
   pairs = dataset.map(pair).unbatch()
   return pairs.filter(lambda example: example['keep']).map(without_keep)
+
+
+def single_task_examples(
+  dataset: str, examples: Sequence[Example]
+) -> list[Example]:
+  """Training examples whose teacher label is the single task's target.
+
+  The target is `parsing.single_task_target` of the teacher's rationale and
+  label, blank when either is missing (so dropped, or kept blank with
+  `keep_unparsed`, like any other missing target).
+  """
+  single = []
+  unreadable = 0
+  for example in examples:
+    target = None
+    if example.rationale and example.teacher_label:
+      target = parsing.single_task_target(
+        dataset, example.input, example.rationale, example.teacher_label
+      )
+      if parsing.single_task_label(dataset, target) != example.teacher_label:
+        unreadable += 1
+    single.append(dataclasses.replace(example, teacher_label=target))
+  if unreadable:
+    logging.warning(
+      '%s: %d of %d single-task targets do not give their label back to '
+      "the dataset's parser (the rationale or label holds its marker)",
+      dataset,
+      unreadable,
+      len(examples),
+    )
+  return single
+
+
+def single_task_postprocess(
+  output: str, *, dataset: str, is_target: bool = False, **unused: Any
+) -> str:
+  """seqio postprocess_fn: the label of a generation, '' if it has none.
+
+  Targets of evaluation splits are ground-truth labels already. An empty
+  string matches no label, so a generation without one counts as wrong.
+  """
+  del unused  # seqio also passes the example.
+  if is_target:
+    return output
+  return parsing.single_task_label(dataset, output) or ''

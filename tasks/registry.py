@@ -9,16 +9,21 @@ fixed names for every dataset (see docs/tasks.md):
     dsbs_<dataset>_gt    distilling step-by-step, ground-truth labels
     finetune_<dataset>   standard finetuning (label task, ground truth)
     distill_<dataset>    standard distillation (label task, teacher labels)
+    single_task_<dataset>  the single-task baseline (one task whose target is
+                         the teacher's rationale and then its label)
 
 for cqa, svamp, esnli and anli1 with the T5 vocabulary and $DSBS_DATA_DIR,
-and the same with the suffix `_byte` for `synthetic` with seqio's byte
-vocabulary. Other arguments add suffixes to the name: `_frac<f>_seed<s>` for a
-data fraction, `_byte` or `_vocab<hash>` for another vocabulary, and `_<hash>`
-for any other non-default argument.
+and the same with the suffix `_byte` for `synthetic` and
+`synthetic_multistep` with seqio's byte vocabulary. Other arguments add
+suffixes to the name: `_frac<f>_seed<s>` for a data fraction, `_byte` or
+`_vocab<hash>` for another vocabulary, and `_<hash>` for any other
+non-default argument.
 
 Splits are `train`, `validation` and `test`. Only `train` has rationale
 examples and teacher labels; `validation` and `test` hold label examples with
-ground-truth targets, scored by the dataset's metric.
+ground-truth targets, scored by the dataset's metric. The single-task
+baseline's generations are scored on the label its dataset's parser reads
+from them (`parsing.single_task_label`); one without a label counts wrong.
 """
 
 from __future__ import annotations
@@ -40,9 +45,19 @@ from dsbs_tasks import preprocessors
 from dsbs_tasks import sources
 from dsbs_tasks import synthetic
 
-MODES = ('dsbs', 'finetune', 'distill')
-DEFAULT_LABEL_SOURCE = {'dsbs': 'llm', 'finetune': 'gt', 'distill': 'llm'}
-DATASETS = (*sources.RELEASE_DATASETS, 'synthetic', 'jsonl')
+MODES = ('dsbs', 'finetune', 'distill', 'single_task')
+DEFAULT_LABEL_SOURCE = {
+  'dsbs': 'llm',
+  'finetune': 'gt',
+  'distill': 'llm',
+  'single_task': 'llm',
+}
+# Made here, with no download (dsbs_tasks.synthetic).
+GENERATED_DATASETS = {
+  'synthetic': synthetic.synthetic_splits,
+  'synthetic_multistep': synthetic.multistep_splits,
+}
+DATASETS = (*sources.RELEASE_DATASETS, *GENERATED_DATASETS, 'jsonl')
 T5_VOCABULARY_PATH = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 T5_EXTRA_IDS = 100
 # The prefixes that leave a task's name unchanged: TaskPrefixes' own defaults
@@ -82,7 +97,7 @@ class TaskConfig:
   def needs_teacher(self, split: str) -> tuple[str, ...]:
     """The teacher parts (`rationale`, `llm_label`) that `split` trains on."""
     parts = []
-    if split == 'train' and self.mode == 'dsbs':
+    if split == 'train' and self.mode in ('dsbs', 'single_task'):
       parts.append('rationale')
     if split == 'train' and self.label_source == 'llm':
       parts.append('llm_label')
@@ -91,8 +106,8 @@ class TaskConfig:
   def examples(self, split: str) -> list[sources.Example]:
     """The source examples of `split`, before any pairing."""
     subset = dict(data_fraction=self.data_fraction, seed=self.seed)
-    if self.dataset == 'synthetic':
-      splits = synthetic.synthetic_splits()
+    if self.dataset in GENERATED_DATASETS:
+      splits = GENERATED_DATASETS[self.dataset]()
       return sources.assemble_split(
         splits.__getitem__, split, has_validation=True, **subset
       )
@@ -141,6 +156,8 @@ class TaskConfig:
         if self.keep_unparsed
         else 'dropped from the task needing them',
       )
+    if training and self.mode == 'single_task':
+      examples = preprocessors.single_task_examples(self.dataset, examples)
     ds = preprocessors.source_dataset(
       examples, training=training, label_source=self.label_source
     )
@@ -201,6 +218,11 @@ def _check_arguments(
       f'label_source must be one of '
       f'{preprocessors.LABEL_SOURCES}, got {label_source!r}'
     )
+  if mode == 'single_task' and label_source != 'llm':
+    raise ValueError(
+      "mode 'single_task' trains on the teacher's rationale and its own "
+      "label (label_source 'llm'); for 'gt' labels use mode 'dsbs'"
+    )
   if mode != 'dsbs' and label_source != DEFAULT_LABEL_SOURCE[mode]:
     other = 'distill' if label_source == 'llm' else 'finetune'
     raise ValueError(
@@ -235,9 +257,11 @@ def dsbs_task(
   """Registers the Task these arguments describe, if new; returns its name.
 
   Args:
-    dataset: cqa, svamp, esnli, anli1, synthetic, or jsonl (with jsonl_files).
+    dataset: cqa, svamp, esnli, anli1, synthetic, synthetic_multistep, or
+      jsonl (with jsonl_files).
     mode: `dsbs` (label and rationale tasks), `finetune` (label task, ground
-      truth) or `distill` (label task, teacher labels).
+      truth), `distill` (label task, teacher labels) or `single_task` (one
+      task, teacher's rationale then its label in one target).
     label_source: `llm` or `gt`, the labels of the training split; defaults
       to `llm` for dsbs and distill and `gt` for finetune.
     data_dir: the release's data directory; None reads $DSBS_DATA_DIR when
@@ -293,6 +317,11 @@ def dsbs_task(
     keep_unparsed=keep_unparsed,
   )
   metric = metrics.equation_accuracy if dataset == 'svamp' else metrics.accuracy
+  postprocess_fn = None
+  if mode == 'single_task':
+    postprocess_fn = functools.partial(
+      preprocessors.single_task_postprocess, dataset=dataset
+    )
   seqio.TaskRegistry.add(
     name,
     source=seqio.FunctionDataSource(config.dataset_fn, splits=config.splits),
@@ -305,6 +334,7 @@ def dsbs_task(
       seqio.preprocessors.tokenize,
       seqio.preprocessors.append_eos_after_trim,
     ],
+    postprocess_fn=postprocess_fn,
     metric_fns=[metric],
   )
   return name
@@ -313,13 +343,16 @@ def dsbs_task(
 def register_named_tasks() -> list[str]:
   """The fixed names of the module docstring; idempotent."""
   names = []
-  for dataset in (*sources.RELEASE_DATASETS, 'synthetic'):
-    vocabulary = seqio.ByteVocabulary() if dataset == 'synthetic' else None
+  for dataset in (*sources.RELEASE_DATASETS, *GENERATED_DATASETS):
+    vocabulary = (
+      seqio.ByteVocabulary() if dataset in GENERATED_DATASETS else None
+    )
     names += [
       dsbs_task(dataset, 'dsbs', 'llm', vocabulary=vocabulary),
       dsbs_task(dataset, 'dsbs', 'gt', vocabulary=vocabulary),
       dsbs_task(dataset, 'finetune', vocabulary=vocabulary),
       dsbs_task(dataset, 'distill', vocabulary=vocabulary),
+      dsbs_task(dataset, 'single_task', vocabulary=vocabulary),
     ]
   return names
 

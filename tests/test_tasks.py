@@ -294,6 +294,7 @@ def test_named_tasks_are_registered_at_import():
       f'dsbs_{dataset}_gt',
       f'finetune_{dataset}',
       f'distill_{dataset}',
+      f'single_task_{dataset}',
     ):
       assert name in dsbs_tasks.NAMED_TASKS
       task = seqio.get_mixture_or_task(name)
@@ -301,6 +302,11 @@ def test_named_tasks_are_registered_at_import():
         task.output_features['targets'].vocabulary == dsbs_tasks.t5_vocabulary()
       )
   assert 'dsbs_synthetic_llm_byte' in dsbs_tasks.NAMED_TASKS
+  for mode in 'dsbs_synthetic_multistep_llm', 'single_task_synthetic_multistep':
+    name = f'{mode}_byte'
+    assert name in dsbs_tasks.NAMED_TASKS
+    task = seqio.get_mixture_or_task(name)
+    assert task.output_features['targets'].vocabulary == BYTES
   assert dsbs_task('svamp') == 'dsbs_svamp_llm'
   assert dsbs_task('svamp', 'finetune') == 'finetune_svamp'
   assert dsbs_task('svamp', 'distill', vocabulary=BYTES) == 'distill_svamp_byte'
