@@ -59,6 +59,7 @@ setuptools.setup(
       'dsbs-export-hf = dsbs_jax.export_hf:main',
       'dsbs-annotate = dsbs_tasks.annotate:main',
       'dsbs-data-efficiency = dsbs_tasks.data_efficiency:main',
+      'dsbs-lengths = dsbs_tasks.lengths:main',
     ],
   },
 )
