@@ -11,6 +11,7 @@ import sys
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from dsbs_jax import network
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parents[1] / 'tools' / 'bench_train.py'
 
 
+@functools.cache  # its absl flags may be defined once per process
 def _load_bench():
   spec = importlib.util.spec_from_file_location('bench_train', BENCH)
   module = importlib.util.module_from_spec(spec)
@@ -59,6 +61,33 @@ def test_model_flops_count_every_kernel_once_per_token(tiny_config):
   tokens = batch * length
   assert encoder_matmuls == 6 * tokens * _kernel_sizes(params['encoder'])
   assert decoder_matmuls == 6 * tokens * _kernel_sizes(params['decoder'])
+
+
+def test_example_lengths_of_unpacked_and_packed_rows(tiny_config):
+  bench = _load_bench()
+  unpacked = {
+    'encoder_input_tokens': np.array([[5, 6, 1, 0], [7, 1, 0, 0]]),
+    'decoder_target_tokens': np.array([[3, 1, 0], [4, 1, 0]]),
+  }
+  assert bench.example_lengths(unpacked).tolist() == [[3, 2], [2, 2]]
+  packed = {
+    'encoder_input_tokens': np.array([[5, 1, 6, 7, 1, 0], [8, 1, 0, 0, 0, 0]]),
+    'encoder_segment_ids': np.array([[1, 1, 2, 2, 2, 0], [1, 1, 0, 0, 0, 0]]),
+    'decoder_target_tokens': np.array([[3, 1, 4, 4, 4, 1], [9, 1, 0, 0, 0, 0]]),
+    'decoder_segment_ids': np.array([[1, 1, 2, 2, 2, 2], [1, 1, 0, 0, 0, 0]]),
+  }
+  lengths = bench.example_lengths(packed)
+  assert lengths.tolist() == [[2, 2], [3, 4], [2, 2]]
+  # Each example at its own lengths: less than the packed rows cost, whose
+  # attention also spans the other example of the row.
+  alone = bench.real_token_flops_per_step(tiny_config, lengths, steps=1)
+  expected = sum(
+    sum(bench.model_flops_per_step(tiny_config, 1, e, t).values())
+    for e, t in ((2, 2), (3, 4), (2, 2))
+  )
+  assert alone == expected
+  rows = sum(bench.model_flops_per_step(tiny_config, 2, 6, 6).values())
+  assert alone < rows
 
 
 def test_bench_prints_positive_measurements(tmp_path):
@@ -103,6 +132,12 @@ def test_bench_prints_positive_measurements(tmp_path):
     'xla_memory_bytes_per_device',
   ):
     assert float(values[name]) > 0, (name, result.stdout)
+  for name in (
+    'input_slots_real_fraction',
+    'target_slots_real_fraction',
+    'real_token_flops_share',
+  ):
+    assert 0 < float(values[name]) <= 1, (name, result.stdout)
   # The CPU backend reports no memory statistics; accelerators do.
   peak_memory = values['peak_memory_bytes_per_device']
   assert peak_memory == 'n/a' or float(peak_memory) > 0

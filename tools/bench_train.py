@@ -24,6 +24,7 @@ from absl import flags
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dsbs_jax import data
 from dsbs_jax import gin_utils
@@ -94,6 +95,20 @@ def model_flops_per_step(
   }
 
 
+def real_token_flops_per_step(
+  config: network.T5Config, lengths: np.ndarray, steps: int
+) -> float:
+  """Model FLOPs per step of the examples alone: each at its own input and
+  target lengths, without padding or the other examples packed in its row
+  (lengths: this host's [examples, 2] over `steps` steps)."""
+  pairs, counts = np.unique(lengths, axis=0, return_counts=True)
+  total = sum(
+    count * sum(model_flops_per_step(config, 1, int(e), int(t)).values())
+    for (e, t), count in zip(pairs, counts)
+  )
+  return total * jax.process_count() / steps
+
+
 def measure_peak_tflops(dtype: Any, size: int, repeats: int = 10) -> float:
   """TFLOP/s of one device on a `size`² matmul: a practical peak."""
   device = jax.local_devices()[0]
@@ -132,6 +147,37 @@ class Timing:
   seconds: float  # of the timed steps
   examples: int  # in the timed steps, on all hosts
   target_tokens: int  # non-padding, in the timed steps, on all hosts
+  # (input tokens, target tokens) of each example in this host's timed steps.
+  example_lengths: np.ndarray
+  # Input and target slots (tokens and padding) of this host's timed steps.
+  input_slots: int
+  target_slots: int
+
+
+def example_lengths(local_batch: dict[str, np.ndarray]) -> np.ndarray:
+  """[examples, 2]: the input and target tokens of each example of a host's
+  batch; a packed row holds several (its segments)."""
+  inputs = local_batch['encoder_input_tokens'] > 0
+  targets = local_batch['decoder_target_tokens'] > 0
+  if 'encoder_segment_ids' not in local_batch:
+    lengths = np.stack([inputs.sum(axis=1), targets.sum(axis=1)], axis=1)
+  else:
+    segments = [
+      local_batch['encoder_segment_ids'],
+      local_batch['decoder_segment_ids'],
+    ]
+    width = max(int(s.max()) for s in segments) + 1
+    offsets = np.arange(len(segments[0]))[:, None] * width
+    lengths = np.stack(
+      [
+        np.bincount((s + offsets).ravel(), minlength=offsets.size * width)
+        .reshape(-1, width)[:, 1:]
+        .ravel()
+        for s in segments
+      ],
+      axis=1,
+    )
+  return lengths[lengths.sum(axis=1) > 0]
 
 
 def time_train_steps(
@@ -152,22 +198,28 @@ def time_train_steps(
     state, _ = trainer.train_step(state, next_batch())
   jax.block_until_ready(state)
 
+  local_batches = []  # measured after the timing
   examples = tokens = 0
   start = time.perf_counter()
   for _ in range(_STEPS.value):
     local_batch = next(batches)
+    local_batches.append(local_batch)
     batch_examples, batch_tokens = data.batch_statistics(local_batch)
     examples, tokens = examples + batch_examples, tokens + batch_tokens
     state, metrics = trainer.train_step(
       state, partitioner.global_batch(local_batch)
     )
   jax.block_until_ready((state, metrics))
+  seconds = time.perf_counter() - start
   return Timing(
     compiled,
     compile_seconds,
-    time.perf_counter() - start,
+    seconds,
     examples * jax.process_count(),
     tokens * jax.process_count(),
+    np.concatenate([example_lengths(b) for b in local_batches]),
+    sum(b['encoder_input_tokens'].size for b in local_batches),
+    sum(b['decoder_target_tokens'].size for b in local_batches),
   )
 
 
@@ -230,6 +282,25 @@ def report(
     f'decoder {model_flops["decoder"]:.4g}',
   )
   _line('xla_flops_per_step', xla_flops, 'XLA cost analysis, all devices')
+  real_tokens = timing.example_lengths.sum(axis=0)
+  _line(
+    'input_slots_real_fraction',
+    real_tokens[0] / timing.input_slots,
+    'input tokens ÷ input slots, this host',
+  )
+  _line(
+    'target_slots_real_fraction',
+    real_tokens[1] / timing.target_slots,
+    'target tokens ÷ target slots, this host',
+  )
+  real_flops = real_token_flops_per_step(
+    config, timing.example_lengths, _STEPS.value
+  )
+  _line(
+    'real_token_flops_share',
+    real_flops / xla_flops if xla_flops else None,
+    'analytic FLOPs of each example at its own lengths ÷ XLA FLOPs',
+  )
   _line('peak_tflops_per_device', peak, peak_note)
   for name, flops in (
     ('model_flops_utilisation', model_total),
