@@ -263,7 +263,8 @@ def dsbs_task(
       truth), `distill` (label task, teacher labels) or `single_task` (one
       task, teacher's rationale then its label in one target).
     label_source: `llm` or `gt`, the labels of the training split; defaults
-      to `llm` for dsbs and distill and `gt` for finetune.
+      to `llm` for dsbs, distill and single_task (which takes only `llm`)
+      and `gt` for finetune.
     data_dir: the release's data directory; None reads $DSBS_DATA_DIR when
       the data is read.
     data_fraction: the fraction of `train` to keep, in (0, 1]; nested across
