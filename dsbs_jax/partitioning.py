@@ -3,7 +3,8 @@
 The mesh has two axes, `data` and `model`, as in t5x. Parameters carry
 logical axis names (see `network.py`); `logical_axis_rules` maps them onto the
 mesh (t5x's standard rules: vocabulary, MLP and heads split over `model`,
-batches over `data`). Optimizer state that is shaped like its parameter gets
+batches over `data`; with 2-D parameter partitioning also `embed` over
+`data`). Optimizer state that is shaped like its parameter gets
 the parameter's sharding; smaller state (Adafactor's factored statistics,
 counters) is replicated.
 
@@ -33,15 +34,31 @@ LogicalRules = Sequence[tuple[str, str | None]]
 DATA, MODEL = 'data', 'model'
 
 
-def standard_logical_axis_rules() -> LogicalRules:
-  """t5x's standard rules for 1-D parameter and activation partitioning."""
+@gin.configurable
+def standard_logical_axis_rules(
+  parameter_partitioning_dims: int = 1,
+) -> LogicalRules:
+  """t5x's standard rules, for 1-D or 2-D parameter partitioning.
+
+  1-D splits parameters over `model` only (vocabulary, MLP, heads). 2-D also
+  splits `embed` over `data`, as t5x's `parameter_partitioning_dims=2`:
+  every parameter and its optimizer state is then spread over all devices
+  (FSDP / ZeRO-3), and XLA gathers each where it is used. Activations keep
+  `batch` over `data`: flax gives a mesh axis to the first rule that claims
+  it, so their `embed` stays whole.
+  """
+  if parameter_partitioning_dims not in (1, 2):
+    raise ValueError(
+      f'parameter_partitioning_dims must be 1 or 2, got '
+      f'{parameter_partitioning_dims}'
+    )
   return (
     ('batch', DATA),
     ('vocab', MODEL),
     ('mlp', MODEL),
     ('heads', MODEL),
     ('joined_kv', MODEL),
-    ('embed', None),
+    ('embed', DATA if parameter_partitioning_dims == 2 else None),
     ('kv', None),
     ('length', None),
     ('relpos_buckets', None),

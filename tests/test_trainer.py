@@ -393,6 +393,48 @@ def test_sharded_training_equals_single_device(
   _check_model_sharding(state.params, mesh_shape[1])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('mesh_shape', [(4, 2), (8, 1)])
+def test_two_dimensional_parameter_sharding_equals_single_device(
+  mesh_shape, initial_params
+):
+  """t5x's parameter_partitioning_dims=2: `embed` is split over `data` too,
+  for parameters and their optimizer state, and training is unchanged."""
+  batches = [_batch(seed) for seed in (1, 2, 3)]
+  _, single, _ = _train(
+    _model('dsbs'), _single_device(), _sgd('dsbs'), 1, initial_params, batches
+  )
+  partitioner = partitioning.Partitioner(
+    mesh_shape=mesh_shape,
+    logical_axis_rules=partitioning.standard_logical_axis_rules(2),
+  )
+  state, sharded, _ = _train(
+    _model('dsbs'), partitioner, _sgd('dsbs'), 1, initial_params, batches
+  )
+  data, model = mesh_shape
+  layer = state.params['encoder']['layers_0']
+  momentum = state.opt_state.inner_state[0].trace['encoder']['layers_0']
+  for kernel, embed_dim in (
+    (layer['mlp']['wi_0']['kernel'], 0),  # (embed, mlp)
+    (layer['mlp']['wo']['kernel'], 1),  # (mlp, embed)
+    (momentum['attention']['query']['kernel'], 0),  # (embed, joined_kv)
+  ):
+    spec = _spec(kernel)
+    assert spec[embed_dim] == partitioning.DATA
+    assert spec[1 - embed_dim] == partitioning.MODEL
+    shard_shape = list(kernel.shape)
+    shard_shape[embed_dim] //= data
+    shard_shape[1 - embed_dim] //= model
+    assert {s.data.shape for s in kernel.addressable_shards} == {
+      tuple(shard_shape)
+    }
+  token_embedding = state.params['token_embedder']['embedding']
+  assert _spec(token_embedding) == (partitioning.MODEL, partitioning.DATA)
+  for step in range(len(batches)):
+    diff = _max_abs_diff(sharded[step], single[step])
+    assert diff <= 1e-6, (step, diff)
+
+
 # -- learning-rate schedules --------------------------------------------------
 
 BASE, WARMUP, TOTAL = 0.01, 10, 50
