@@ -170,3 +170,56 @@ def test_bfloat16_computation_keeps_float32_params(tiny_config):
   # Output projection stays in float32, as in t5x; values agree roughly.
   assert logits_bf16.dtype == jnp.float32
   np.testing.assert_allclose(logits_bf16, logits_f32, atol=0.2)
+
+
+@pytest.mark.parametrize(
+  'activations,tied', [(('gelu', 'linear'), False), (('relu',), True)]
+)
+@pytest.mark.slow  # Eight compiles of a forward and backward pass.
+@pytest.mark.parametrize('policy', ['full', 'minimal'])
+def test_remat_policies_change_no_value(tiny_config, activations, tied, policy):
+  """Rematerialisation recomputes what it does not keep: logits, loss and
+  gradients (so every update) equal the plain network's, for T5.1.1 and
+  T5 1.0 shapes, with dropout on (the same random masks) and off."""
+  config = tiny_config.replace(
+    mlp_activations=activations, logits_via_embedding=tied, dropout_rate=0.1
+  )
+  rng = np.random.default_rng(3)
+  batch = _batch([_example(rng, 7, 5, 384), _example(rng, 4, 6, 384)], 8, 6)
+  _, params = _init(config, batch)
+
+  def loss_and_logits(config, params, enable_dropout):
+    logits = network.Transformer(config).apply(
+      {'params': params},
+      **batch,
+      enable_dropout=enable_dropout,
+      rngs={'dropout': jax.random.PRNGKey(5)},
+    )
+    targets = jax.nn.one_hot(batch['decoder_target_tokens'], 384)
+    loss = -jnp.sum(targets * jax.nn.log_softmax(logits))
+    return loss, logits
+
+  for enable_dropout in False, True:
+    results = [
+      jax.jit(
+        jax.value_and_grad(
+          functools.partial(loss_and_logits, c, enable_dropout=enable_dropout),
+          has_aux=True,
+        )
+      )(params)
+      for c in (config, config.replace(remat_policy=policy))
+    ]
+    (plain_loss, plain_logits), plain_grads = results[0]
+    (loss, logits), grads = results[1]
+    np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+    np.testing.assert_allclose(logits, plain_logits, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
+      np.testing.assert_allclose(a, b, atol=1e-6)
+    assert jax.tree.structure(grads) == jax.tree.structure(plain_grads)
+
+
+def test_unknown_remat_policy_is_named(tiny_config):
+  rng = np.random.default_rng(4)
+  batch = _batch([_example(rng, 3, 3, 384)], 3, 3)
+  with pytest.raises(ValueError, match="remat_policy must be one of .*'x'"):
+    _init(tiny_config.replace(remat_policy='x'), batch)
