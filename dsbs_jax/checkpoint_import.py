@@ -85,21 +85,32 @@ _Key = tuple[str, ...]
 
 
 def load_params(
-  path: str | os.PathLike[str], config: network.T5Config | None = None
+  path: str | os.PathLike[str],
+  config: network.T5Config | None = None,
+  shardings: Any | None = None,
 ) -> Params:
   """Parameters of a t5x or HuggingFace T5 checkpoint, in t5x's tree.
 
   With `config`, the tree is checked against the network it configures
   (`check_params`). A HuggingFace folder is always checked against its own
   `config.json`, tensor by tensor, so an error names the HuggingFace tensor.
+
+  Without `shardings` the parameters are float32 numpy arrays. With
+  `shardings` (a tree of `jax.sharding.Sharding`s like the parameters') they
+  are float32 jax Arrays in those shardings, and t5x checkpoints are read
+  shard by shard: each process reads only the slices its devices hold, so no
+  host needs memory for the whole model. A HuggingFace folder (one file) is
+  read whole and then placed.
   """
   directory = epath.Path(path)
   if (directory / 'checkpoint').exists():
-    params = _load_t5x_legacy(directory)
+    params = _load_t5x_legacy(directory, config, shardings)
   elif (directory / 'state').is_dir():
-    params = _load_t5x_orbax(directory / 'state')
+    params = _load_t5x_orbax(directory / 'state', config, shardings)
   elif (directory / 'config.json').exists():
     params = _load_hf(directory)
+    if shardings is not None:
+      params = jax.device_put(params, shardings)
   else:
     raise CheckpointError(
       f'{directory} is not a t5x checkpoint (no `checkpoint` file, no '
@@ -200,8 +211,14 @@ def config_from_hf(path: str | os.PathLike[str]) -> network.T5Config:
 # --- t5x legacy: msgpack tree whose large leaves are tensorstore specs -------
 
 
-def _load_t5x_legacy(directory: epath.Path) -> Params:
-  """Reads `target` of a t5x msgpack checkpoint; zarr arrays concurrently."""
+def _load_t5x_legacy(
+  directory: epath.Path,
+  config: network.T5Config | None,
+  shardings: Any | None,
+) -> Params:
+  """Reads `target` of a t5x msgpack checkpoint; zarr arrays concurrently,
+  or, with `shardings`, each device's slice of them (after checking the
+  stored shapes against `config`, before any array is read)."""
   path = directory / 'checkpoint'
   data = _read_bytes(path)
   try:
@@ -231,8 +248,28 @@ def _load_t5x_legacy(directory: epath.Path) -> Params:
         flat[key] = np.asarray(leaf, np.float32)  # small leaves are inline
       else:
         raise TypeError(f'{type(leaf).__name__} is not an array')
+    opened = {key: store.result() for key, store in opened.items()}
+    if shardings is not None:
+      if config is not None:
+        stored = {
+          **flat,
+          **{
+            k: jax.ShapeDtypeStruct(s.shape, s.dtype.numpy_dtype)
+            for k, s in opened.items()
+          },
+        }
+        try:
+          check_params(traverse_util.unflatten_dict(stored), config)
+        except CheckpointError as error:
+          raise CheckpointError(f'{directory}: {error}') from None
+      placements = traverse_util.flatten_dict(shardings)
+      for key, value in flat.items():
+        flat[key] = jax.device_put(value, placements[key])
+      for key, store in opened.items():
+        flat[key] = _read_sharded(store, placements[key])
+      return traverse_util.unflatten_dict(flat)
     for key, store in opened.items():
-      reads[key] = store.result().read()
+      reads[key] = store.read()
     for key, read in reads.items():
       flat[key] = np.asarray(read.result(), np.float32)
   except (ValueError, TypeError) as error:
@@ -240,6 +277,20 @@ def _load_t5x_legacy(directory: epath.Path) -> Params:
       f'{directory}: parameter {"/".join(map(str, key))}: {_short(error)}'
     ) from None
   return traverse_util.unflatten_dict(flat)
+
+
+def _read_sharded(store: ts.TensorStore, sharding: Any) -> jax.Array:
+  """A float32 jax Array of `store`, each addressable device's slice read
+  on its own (replicas of a slice are read once)."""
+  slices = {}
+
+  def read(index: tuple[slice, ...]) -> np.ndarray:
+    where = tuple((s.start, s.stop) for s in index)
+    if where not in slices:
+      slices[where] = np.asarray(store[index].read().result(), np.float32)
+    return slices[where]
+
+  return jax.make_array_from_callback(store.shape, sharding, read)
 
 
 def _absolute_spec(directory: epath.Path, spec: dict[str, Any]) -> dict:
@@ -269,20 +320,40 @@ def _absolute_spec(directory: epath.Path, spec: dict[str, Any]) -> dict:
 # --- t5x orbax: a PyTreeCheckpointHandler item {target, state} --------------
 
 
-def _load_t5x_orbax(state_dir: epath.Path) -> Params:
-  """Restores only `target` from a t5x orbax item, as numpy arrays."""
+def _load_t5x_orbax(
+  state_dir: epath.Path,
+  config: network.T5Config | None,
+  shardings: Any | None,
+) -> Params:
+  """Restores only `target` from a t5x orbax item: as numpy arrays, or
+  with `shardings` as jax Arrays, each process reading its devices' slices
+  (after checking the stored shapes against `config`)."""
   state_dir = state_dir.absolute()  # orbax's OCDBT reader insists.
   try:
     tree = ocp.PyTreeCheckpointHandler().metadata(state_dir).tree
     if not isinstance(tree, dict) or not isinstance(tree.get('target'), dict):
       raise CheckpointError(f'{state_dir}: no `target` tree of parameters.')
-    as_numpy = jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree['target']
+    if shardings is None:
+      as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree['target']
+      )
+      restored = restore_orbax_subtree(
+        state_dir, 'target', tree['target'], as_numpy
+      )
+      return jax.tree.map(lambda x: np.asarray(x, np.float32), restored)
+    if config is not None:
+      try:
+        check_params(tree['target'], config)
+      except CheckpointError as error:
+        raise CheckpointError(f'{state_dir}: {error}') from None
+    sharded = jax.tree.map(
+      lambda metadata, sharding: ocp.ArrayRestoreArgs(
+        sharding=sharding, global_shape=metadata.shape, dtype=np.float32
+      ),
+      tree['target'],
+      shardings,
     )
-    restored = restore_orbax_subtree(
-      state_dir, 'target', tree['target'], as_numpy
-    )
-    return jax.tree.map(lambda x: np.asarray(x, np.float32), restored)
+    return restore_orbax_subtree(state_dir, 'target', tree['target'], sharded)
   except CheckpointError:
     raise
   except Exception as error:  # pylint: disable=broad-except

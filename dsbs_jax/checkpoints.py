@@ -288,7 +288,7 @@ def restore_params(
       item, 'params', target, restore_args
     )
     return params, step
-  params = checkpoint_import.load_params(path, config)
+  params = checkpoint_import.load_params(path, config, param_shardings)
   if dtype is not None:
     params = jax.tree.map(lambda x: x.astype(dtype), params)
-  return jax.device_put(params, param_shardings), 0
+  return params, 0

@@ -359,8 +359,9 @@ def _initial_state(
     return state
   params = None
   if initial_checkpoint_path:
+    # Read shard by shard into the parameters' shardings.
     params = checkpoint_import.load_params(
-      initial_checkpoint_path, trainer.model.module.config
+      initial_checkpoint_path, trainer.model.module.config, shardings.params
     )
   return trainer.init_state(input_shapes, params)
 
