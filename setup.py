@@ -47,6 +47,8 @@ setuptools.setup(
   extras_require={
     'test': ['pytest>=8', 'torch==2.13.0', 'transformers>=5.0', 'ruff==0.17.6'],
     'tpu': ['jax[tpu]'],
+    # libtpu, the TPU compiler, for tools/aot_compile.py on any machine.
+    'aot': ['jax[tpu]'],
     'gpu': ['jax[cuda12]'],
     # t5x is not on PyPI: install it from its repository (see README.md).
     't5x': [],

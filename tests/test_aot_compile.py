@@ -1,0 +1,60 @@
+"""tools/aot_compile.py: the train step compiled for a TPU slice, here."""
+
+import importlib.util
+from pathlib import Path
+import re
+import subprocess
+import sys
+
+import pytest
+import test_binaries
+
+TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'aot_compile.py'
+
+
+def test_tiny_model_compiles_for_a_v5e_slice_and_fits():
+  result = subprocess.run(
+    [
+      sys.executable,
+      str(TOOL),
+      '--topology=v5e:2x2',
+      '--gin_file=runs/main.gin',
+      '--gin_file=meshes/params_2d.gin',
+    ],
+    capture_output=True,
+    text=True,
+    env=test_binaries.binary_env(),
+    timeout=600,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  values = dict(re.findall(r'^(\w+): (.+)$', result.stdout, re.MULTILINE))
+  assert values['topology'].startswith('v5e:2x2, 4 x TPU v5 lite, mesh data=4')
+  used = re.match(
+    r'(\d+) \(arguments (\d+), outputs (\d+), aliased (\d+)',
+    (values['per_device_memory_bytes']),
+  )
+  total, arguments, outputs, aliased = map(int, used.groups())
+  # The donated train state is aliased: arguments and outputs counted once.
+  assert 0 < aliased <= min(arguments, outputs) and total >= arguments
+  assert values['device_memory_bytes'].startswith(str(16 * 2**30))
+  assert values['fits'].startswith('yes')
+  assert float(values['compile_seconds']) > 0
+  assert float(values['xla_flops_per_device']) > 0
+
+
+def test_without_libtpu_it_says_so_and_exits_2(monkeypatch, capsys):
+  spec = importlib.util.spec_from_file_location('aot_compile', TOOL)
+  tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tool)
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(
+    importlib.util,
+    'find_spec',
+    lambda name, *a: None if name == 'libtpu' else find_spec(name, *a),
+  )
+  with pytest.raises(SystemExit) as exit_info:
+    tool.main()
+  assert exit_info.value.code == 2
+  [line] = capsys.readouterr().err.strip().splitlines()
+  assert 'libtpu' in line and '.[aot]' in line

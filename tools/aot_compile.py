@@ -1,0 +1,154 @@
+r"""Compiles the train step for a TPU slice on this machine: does it fit?
+
+  python tools/aot_compile.py --topology=v5e:2x2 \
+    --gin_file=runs/dsbs.gin --gin_file=models/t5_1_1_base.gin \
+    --gin.BATCH_SIZE=32 --gin_file=meshes/tpu_pod_slice.gin
+
+Takes the train binary's gin flags and `--topology` (any name
+`jax.experimental.topologies.get_topology_desc` accepts: v4:2x2x1, v5e:4x4,
+v5p:2x2x1, ...). It builds the model, trainer and partitioner the train
+binary would, on the devices of that slice, and lowers and compiles the exact
+train step for abstract inputs with the real TPU compiler (libtpu: `pip
+install -e ".[aot]"`), as MaxText's train_compile.py does. Nothing is
+allocated and no data, vocabulary or checkpoint is read; the vocabulary size
+comes from the model's T5Config. No TPU is needed, and the CPU stays jax's
+default backend. It prints one `name: value` line each (docs/scaling.md).
+"""
+
+import copy
+import importlib.util
+import sys
+import time
+
+from absl import flags
+import gin
+import jax
+from jax.experimental import topologies
+
+from dsbs_jax import data
+from dsbs_jax import gin_utils
+from dsbs_jax import partitioning
+from dsbs_jax import trainer as trainer_lib
+
+_TOPOLOGY = flags.DEFINE_string(
+  'topology', None, 'A TPU slice, e.g. v5e:2x2, v4:2x2x1, v5p:2x2x1.'
+)
+# High-bandwidth memory per chip, by jax's device_kind, from the Cloud TPU
+# system architecture pages (cloud.google.com/tpu/docs/v4, v5e, v5p, v6e).
+HBM_BYTES = {
+  'TPU v4': 32 * 2**30,
+  'TPU v5 lite': 16 * 2**30,
+  'TPU v5': 95 * 2**30,
+  'TPU v5p': 95 * 2**30,
+  'TPU v6 lite': 32 * 2**30,
+}
+HBM_SOURCE = 'Cloud TPU system architecture pages'
+# What a plan may use of a chip's memory and still be said to fit.
+FITS_FRACTION = 0.9
+# The exit status when libtpu is missing (as for configuration errors).
+NO_LIBTPU_STATUS = 2
+
+
+def _abstract(shapes, shardings):
+  return jax.tree.map(
+    lambda s, sharding: jax.ShapeDtypeStruct(
+      s.shape, s.dtype, sharding=sharding
+    ),
+    shapes,
+    shardings,
+  )
+
+
+def compile_train_step(topology: str) -> None:
+  """Prints the compiled train step's memory per chip, FLOPs and fit."""
+  devices = topologies.get_topology_desc(
+    platform='tpu', topology_name=topology
+  ).devices
+  # The train binary's bindings, references unresolved: the gin files'
+  # Partitioner is built below on the slice's devices instead of ours.
+  bindings = gin.get_bindings('dsbs_jax.train.train', resolve_references=False)
+  for name in ('model', 'train_dataset'):
+    if name not in bindings:
+      raise gin_utils.GinConfigError(
+        f'train.train.{name} is not bound; add a run file such as '
+        '--gin_file=runs/dsbs.gin.'
+      )
+  # Deep copies evaluate gin's references (`@model()`), as gin's own do.
+  model = copy.deepcopy(bindings['model'])
+  dataset = copy.deepcopy(bindings['train_dataset'])
+  trainer_cls = copy.deepcopy(bindings.get('trainer_cls', trainer_lib.Trainer))
+  partitioner = partitioning.Partitioner(
+    **gin.get_bindings('dsbs_jax.partitioning.Partitioner'), devices=devices
+  )
+  trainer = trainer_cls(model=model, partitioner=partitioner)
+  converter = model.FEATURE_CONVERTER_CLS(pack=dataset.pack)
+  input_shapes = data.model_input_shapes(dataset, converter)
+  state = _abstract(*trainer.state_shapes_and_shardings(input_shapes))
+  batch = {
+    name: jax.ShapeDtypeStruct(
+      shape, jax.numpy.int32, sharding=partitioner.batch_sharding
+    )
+    for name, shape in input_shapes.items()
+  }
+  start = time.perf_counter()
+  compiled = trainer.lower_train_step(state, batch).compile()
+  seconds = time.perf_counter() - start
+
+  memory = compiled.memory_analysis()
+  used = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
+  kind = devices[0].device_kind
+  hbm = HBM_BYTES.get(kind)
+  mesh = partitioner.mesh.shape
+  print(
+    f'topology: {topology}, {len(devices)} x {kind}, mesh '
+    f'data={mesh["data"]} model={mesh["model"]}'
+  )
+  print(
+    f'batch: {dataset.batch_size} sequences, lengths '
+    f'{dict(dataset.task_feature_lengths)}, '
+    f'{trainer.num_microbatches} microbatch(es), pack={dataset.pack}'
+  )
+  print(f'compile_seconds: {seconds:.4g}')
+  print(
+    f'per_device_memory_bytes: {used} (arguments '
+    f'{memory.argument_size_in_bytes}, outputs {memory.output_size_in_bytes}'
+    f', aliased {memory.alias_size_in_bytes}, temporaries '
+    f'{memory.temp_size_in_bytes})'
+  )
+  if hbm is None:
+    print(f'device_memory_bytes: n/a (no figure for {kind!r})')
+    print('fits: n/a')
+  else:
+    print(f'device_memory_bytes: {hbm} ({kind}, {HBM_SOURCE})')
+    share = used / hbm
+    print(
+      f'fits: {"yes" if share <= FITS_FRACTION else "no"} '
+      f'({share:.1%} of HBM; the bound is {FITS_FRACTION:.0%})'
+    )
+  flops = (compiled.cost_analysis() or {}).get('flops')
+  print(f'xla_flops_per_device: {flops:.4g}' if flops else 'xla_flops: n/a')
+
+
+def main() -> None:
+  if importlib.util.find_spec('libtpu') is None:
+    print(
+      'aot_compile needs libtpu, the TPU compiler: pip install -e ".[aot]"',
+      file=sys.stderr,
+    )
+    sys.exit(NO_LIBTPU_STATUS)
+
+  def run() -> None:
+    if not _TOPOLOGY.value:
+      raise gin_utils.GinConfigError('--topology is required (e.g. v5e:2x2).')
+    compile_train_step(_TOPOLOGY.value)
+
+  gin_utils.run(run)
+
+
+if __name__ == '__main__':
+  main()
