@@ -61,8 +61,12 @@ def _abstract(shapes, shardings):
 
 def compile_train_step(topology: str) -> None:
   """Prints the compiled train step's memory per chip, FLOPs and fit."""
+  # v4 and v5p chips hold two cores that jax drives as one device.
+  megacore = topology.startswith(('v4', 'v5p'))
   devices = topologies.get_topology_desc(
-    platform='tpu', topology_name=topology
+    platform='tpu',
+    topology_name=topology,
+    chip_config_name='megacore' if megacore else 'default',
   ).devices
   # The train binary's bindings, references unresolved: the gin files'
   # Partitioner is built below on the slice's devices instead of ours.
@@ -147,6 +151,12 @@ def main() -> None:
       raise gin_utils.GinConfigError('--topology is required (e.g. v5e:2x2).')
     compile_train_step(_TOPOLOGY.value)
 
+  # Compiling for a slice here is not running on it: no multi-host runtime,
+  # even with a mesh file that starts one (meshes/tpu_pod_slice.gin).
+  sys.argv.append(
+    '--gin_bindings='
+    'dsbs_jax.partitioning.initialize_distributed.enabled = False'
+  )
   gin_utils.run(run)
 
 
