@@ -5,12 +5,16 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import test_bench
 
 TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'bench_vs_reference.py'
 
 
 @pytest.fixture(scope='module')
 def tool():
+  # Its flags are defined next to tools/bench_train.py's, which
+  # tests/test_bench.py loads into the same process.
+  test_bench._load_bench()
   spec = importlib.util.spec_from_file_location('bench_vs_reference', TOOL)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

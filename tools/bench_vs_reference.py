@@ -69,8 +69,9 @@ _SHAPE = flags.DEFINE_enum('shape', 'tiny', list(SHAPES), 'Model shape.')
 _PAIRS = flags.DEFINE_integer('pairs', 16, 'Pairs per step.', lower_bound=1)
 _INPUT_LENGTH = flags.DEFINE_integer('input_length', 512, 'Input length.')
 _TARGET_LENGTH = flags.DEFINE_integer('target_length', 256, 'Target length.')
-_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps per run.')
-_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps per run.')
+# Not `steps`: tools/bench_train.py, which this runs, has that flag.
+_STEPS = flags.DEFINE_integer('steps_per_run', 30, 'Timed steps per run.')
+_WARMUP = flags.DEFINE_integer('warmup_per_run', 3, 'Untimed steps per run.')
 _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Runs of each system.')
 _PACK = flags.DEFINE_bool('pack', False, 'Pack our examples (PACK=True).')
 _DATA_DIR = flags.DEFINE_string(
