@@ -28,7 +28,11 @@ from dsbs_jax import network
 CHECKPOINT_PREFIX = 'checkpoint'  # checkpoint_<step>, as t5x names them
 
 
-def _abstract(shapes: Any, shardings: Any, dtype: Any | None = None) -> Any:
+def abstract_arrays(
+  shapes: Any, shardings: Any, dtype: Any | None = None
+) -> Any:
+  """ShapeDtypeStructs carrying their shardings: what to restore into, or
+  to lower a program for, without allocating."""
   return jax.tree.map(
     lambda s, sharding: jax.ShapeDtypeStruct(
       s.shape, dtype or s.dtype, sharding=sharding
@@ -225,7 +229,7 @@ class TrainCheckpointer:
     _check_saved_shapes(saved['params'], shapes.params, self.model_dir)
     try:
       return self._manager.restore(
-        step, args=ocp.args.StandardRestore(_abstract(shapes, shardings))
+        step, args=ocp.args.StandardRestore(abstract_arrays(shapes, shardings))
       )
     except (ValueError, KeyError, TypeError) as e:  # The tree differs.
       raise checkpoint_import.CheckpointError(
@@ -277,7 +281,7 @@ def restore_params(
     _check_saved_shapes(
       handler.metadata(item).tree['params'], param_shapes, path
     )
-    target = _abstract(param_shapes, param_shardings, dtype)
+    target = abstract_arrays(param_shapes, param_shardings, dtype)
     restore_args = jax.tree.map(
       lambda a: ocp.ArrayRestoreArgs(
         sharding=a.sharding, dtype=a.dtype, global_shape=a.shape

@@ -25,6 +25,7 @@ import gin
 import jax
 from jax.experimental import topologies
 
+from dsbs_jax import checkpoints
 from dsbs_jax import data
 from dsbs_jax import gin_utils
 from dsbs_jax import partitioning
@@ -47,16 +48,6 @@ HBM_SOURCE = 'Cloud TPU system architecture pages'
 FITS_FRACTION = 0.9
 # The exit status when libtpu is missing (as for configuration errors).
 NO_LIBTPU_STATUS = 2
-
-
-def _abstract(shapes, shardings):
-  return jax.tree.map(
-    lambda s, sharding: jax.ShapeDtypeStruct(
-      s.shape, s.dtype, sharding=sharding
-    ),
-    shapes,
-    shardings,
-  )
 
 
 def compile_train_step(topology: str) -> None:
@@ -87,7 +78,9 @@ def compile_train_step(topology: str) -> None:
   trainer = trainer_cls(model=model, partitioner=partitioner)
   converter = model.FEATURE_CONVERTER_CLS(pack=dataset.pack)
   input_shapes = data.model_input_shapes(dataset, converter)
-  state = _abstract(*trainer.state_shapes_and_shardings(input_shapes))
+  state = checkpoints.abstract_arrays(
+    *trainer.state_shapes_and_shardings(input_shapes)
+  )
   batch = {
     name: jax.ShapeDtypeStruct(
       shape, jax.numpy.int32, sharding=partitioner.batch_sharding
