@@ -12,7 +12,8 @@ two losses and generates rationales on request) share:
   (`two_tasks.TaskPrefixes.label = %LABEL_PREFIX`, likewise `rationale`) and
   read by the tasks and by rationale generation alike;
 - `DistillStepByStepFeatureConverter`: seqio's encoder-decoder feature
-  converter plus `decoder_task_ids`.
+  converter plus `decoder_task_ids`, packing rows from a window of examples
+  (`dsbs_jax.packing`).
 """
 
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ from typing import TypeVar
 import gin
 import seqio
 import tensorflow as tf
+
+from dsbs_jax import packing
 
 LABEL_TASK = 1
 RATIONALE_TASK = 2
@@ -49,6 +52,7 @@ class TaskPrefixes:
     return prefix + text
 
 
+@gin.configurable
 class DistillStepByStepFeatureConverter(seqio.EncDecFeatureConverter):
   """`EncDecFeatureConverter` plus `decoder_task_ids`, packed or padded.
 
@@ -62,12 +66,29 @@ class DistillStepByStepFeatureConverter(seqio.EncDecFeatureConverter):
   `task` is not in TASK_FEATURES: seqio requires `task_feature_lengths` (t5x's
   TASK_FEATURE_LENGTHS) to name exactly TASK_FEATURES, and a scalar has no
   length. It is checked here instead.
+
+  Packing fills each row from a window of the next `pack_window` examples
+  (`packing.pack_rows`): the mix of short label targets and long rationale
+  targets then fills both inputs and targets. `pack_window=1` packs in
+  stream order, exactly as seqio does; seqio's custom ops
+  (`use_custom_packing_ops`) still pack the seqio way.
   """
 
   MODEL_FEATURES = {
     **seqio.EncDecFeatureConverter.MODEL_FEATURES,
     'decoder_task_ids': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
   }
+
+  def __init__(self, *args, pack_window: int = 64, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.pack_window = pack_window
+
+  def _pack_or_pad(
+    self, ds: tf.data.Dataset, packed_lengths: Mapping[str, int]
+  ) -> tf.data.Dataset:
+    if not self.pack or self._use_custom_packing_ops:
+      return super()._pack_or_pad(ds, packed_lengths)
+    return packing.pack_dataset(ds, packed_lengths, self.pack_window)
 
   def _convert_features(
     self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]

@@ -12,7 +12,10 @@ kind: label inputs, rationale inputs, label targets, rationale targets. It
 prints their distribution (count, mean, p50, p90, p95, p99, max), what the
 configured TASK_FEATURE_LENGTHS cut, and the smallest multiple of
 `--multiple` holding `--coverage` of each kind's examples, with a gin flag to
-paste. docs/lengths.md has the details.
+paste. For packing (PACK = True) it packs a sample of the split as training
+would (`dsbs_jax.packing`) into rows of growing length, and suggests the
+shortest rows whose inputs and targets are both `--packed_fill` full.
+docs/lengths.md has the details.
 
 The gin flags are the train binary's; the task is the train binary's too:
 MIXTURE_OR_TASK_NAME (see `lengths_report`). The statistics are pure
@@ -25,6 +28,7 @@ from collections.abc import Sequence
 import dataclasses
 from fractions import Fraction
 import math
+import random
 
 from absl import flags
 import gin
@@ -33,6 +37,7 @@ import tensorflow as tf
 
 from dsbs_jax import errors
 from dsbs_jax import gin_utils
+from dsbs_jax import packing
 from dsbs_jax import two_tasks
 
 TASK_NAMES = {
@@ -40,6 +45,10 @@ TASK_NAMES = {
   two_tasks.RATIONALE_TASK: 'rationale',
 }
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
+# Packed input rows are tried up to this length.
+PACKED_INPUTS_MAX = 8192
+# Packing is simulated on at most this many examples of the split.
+PACKED_SAMPLE = 20_000
 
 
 class EmptySplitError(errors.UserError):
@@ -195,6 +204,119 @@ def suggest(
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class PackedFill:
+  """How full packed rows of `feature_lengths` are."""
+
+  feature_lengths: dict[str, int]
+  examples_per_row: float
+  inputs_filled: float  # share of input slots holding a token
+  targets_filled: float
+
+
+def packed_fill(
+  examples: Sequence[tuple[int, int]],
+  feature_lengths: Mapping[str, int],
+  window: int,
+) -> PackedFill:
+  """Packs (input length, target length) `examples`, in order and trimmed to
+  the rows, as training packs them; the rows' fill."""
+  capacity = (feature_lengths['inputs'], feature_lengths['targets'])
+  trimmed = [(min(i, capacity[0]), min(t, capacity[1])) for i, t in examples]
+  rows = list(packing.pack_rows(trimmed, lambda e: e, capacity, window))
+  totals = [sum(e[k] for e in trimmed) for k in (0, 1)]
+  return PackedFill(
+    feature_lengths=dict(feature_lengths),
+    examples_per_row=len(trimmed) / len(rows),
+    inputs_filled=totals[0] / (capacity[0] * len(rows)),
+    targets_filled=totals[1] / (capacity[1] * len(rows)),
+  )
+
+
+def packed_candidates(
+  by_task: Mapping[int, TaskLengths],
+  window: int,
+  fill: float,
+  multiple: int,
+  seed: int = 0,
+) -> list[PackedFill]:
+  """Packed rows of growing length, until both features are `fill` full.
+
+  The examples of both tasks are shuffled together (training shuffles too)
+  and at most PACKED_SAMPLE of them are packed. Input rows are 1, 2, 3, ...
+  times the p99 input (rounded up to `multiple`); target rows keep the
+  split's ratio of target to input tokens, rounded up to `multiple`.
+  """
+  examples = [
+    (i, t)
+    for lengths in by_task.values()
+    for i, t in zip(lengths.inputs, lengths.targets)
+  ]
+  if not examples:
+    raise ValueError('no examples to pack')
+  random.Random(seed).shuffle(examples)
+  examples = examples[:PACKED_SAMPLE]
+  ratio = sum(t for _, t in examples) / sum(i for i, _ in examples)
+  step = round_up(percentile([i for i, _ in examples], 0.99), multiple)
+  candidates = []
+  for inputs in range(step, PACKED_INPUTS_MAX + 1, step):
+    targets = round_up(math.ceil(inputs * ratio), multiple)
+    fill_of = packed_fill(
+      examples, {'inputs': inputs, 'targets': targets}, window
+    )
+    candidates.append(fill_of)
+    if min(fill_of.inputs_filled, fill_of.targets_filled) >= fill:
+      break
+  return candidates
+
+
+def packed_suggestion(
+  candidates: Sequence[PackedFill], fill: float
+) -> PackedFill:
+  """The shortest rows both `fill` full, else the fullest."""
+  least = lambda c: min(c.inputs_filled, c.targets_filled)  # noqa: E731
+  full = [c for c in candidates if least(c) >= fill]
+  return full[0] if full else max(candidates, key=least)
+
+
+def _packed_section(
+  by_task: Mapping[int, TaskLengths], window: int, fill: float, multiple: int
+) -> list[str]:
+  candidates = packed_candidates(by_task, window, fill, multiple)
+  suggestion = packed_suggestion(candidates, fill)
+  sampled = min(sum(len(t.inputs) for t in by_task.values()), PACKED_SAMPLE)
+  rows = [
+    ('inputs', 'targets', 'examples/row', 'inputs filled', 'targets filled')
+  ]
+  for c in candidates:
+    rows.append(
+      (
+        c.feature_lengths['inputs'],
+        c.feature_lengths['targets'],
+        f'{c.examples_per_row:.1f}',
+        f'{c.inputs_filled:.1%}',
+        f'{c.targets_filled:.1%}',
+      )
+    )
+  per_row = suggestion.examples_per_row
+  reached = min(suggestion.inputs_filled, suggestion.targets_filled) >= fill
+  return [
+    '',
+    f'Packed (PACK = True, pack window {window}): {sampled} examples of both '
+    'tasks, shuffled, packed as training packs them:',
+    *_table(rows),
+    f'Suggested for packing: the shortest rows filling inputs and targets '
+    f'{fill:.0%}'
+    if reached
+    else f'No rows up to {PACKED_INPUTS_MAX} inputs '
+    f'fill both {fill:.0%}; the fullest:',
+    f'  --gin.PACK=True --gin.TASK_FEATURE_LENGTHS="'
+    f'{_lengths_text(suggestion.feature_lengths)}"',
+    f'  BATCH_SIZE counts rows, {per_row:.1f} examples each: for P pairs '
+    f'(label + rationale) per step, BATCH_SIZE = 2P / {per_row:.1f}.',
+  ]
+
+
 # --------------------------------------------------------------------------
 # The report.
 
@@ -275,6 +397,8 @@ def format_report(
   feature_lengths: Mapping[str, int],
   coverage: float,
   multiple: int,
+  pack_window: int = 64,
+  fill: float = 0.9,
 ) -> str:
   """The report of `dsbs-lengths` on lengths already counted."""
   per_kind = kinds(by_task)
@@ -349,6 +473,7 @@ def format_report(
     'rest is padding. Packing (PACK = True) fills rows more.',
     '',
     f'  --gin.TASK_FEATURE_LENGTHS="{_lengths_text(suggested)}"',
+    *_packed_section(by_task, pack_window, fill, multiple),
   ]
   return '\n'.join(lines)
 
@@ -452,9 +577,11 @@ def report(
   split: str = 'train',
   coverage: float = 0.99,
   multiple: int = 8,
+  pack_window: int = 64,
+  fill: float = 0.9,
 ) -> str:
   """The report on `split` of the task (or mixture)."""
-  check_options(coverage, multiple)
+  check_options(coverage, multiple, fill)
   missing = {'inputs', 'targets'} - set(task_feature_lengths)
   if missing:
     raise gin_utils.GinConfigError(
@@ -469,13 +596,19 @@ def report(
     task_feature_lengths,
     coverage,
     multiple,
+    pack_window,
+    fill,
   )
 
 
-def check_options(coverage: float, multiple: int) -> None:
+def check_options(coverage: float, multiple: int, fill: float) -> None:
   if not 0 < coverage <= 1:
     raise gin_utils.GinConfigError(
       f'--coverage={coverage}: must be in (0, 1], e.g. 0.99.'
+    )
+  if not 0 < fill <= 1:
+    raise gin_utils.GinConfigError(
+      f'--packed_fill={fill}: must be in (0, 1], e.g. 0.9.'
     )
   if multiple < 1:
     raise gin_utils.GinConfigError(
@@ -500,9 +633,12 @@ def lengths_report(
   is called with every binding of the command (DATASET, MODE, VOCABULARY,
   ...) and gives the registered task's name, and a plain string (t5x's way)
   passes through. `gin.query_parameter('%MIXTURE_OR_TASK_NAME')` would give
-  the unevaluated reference instead, to be called by hand.
+  the unevaluated reference instead, to be called by hand. The packing
+  window is the one training packs with (the feature converter's
+  `pack_window`, gin-configurable).
   """
   values = flags.FLAGS
+  converter = two_tasks.DistillStepByStepFeatureConverter(pack=True)
   print(
     report(
       mixture_or_task_name,
@@ -510,6 +646,8 @@ def lengths_report(
       values.split,
       values.coverage,
       values.multiple,
+      converter.pack_window,
+      values.packed_fill,
     ),
     flush=True,
   )
@@ -533,7 +671,9 @@ def _check_vocabulary() -> None:
 
 
 def _report_from_flags() -> None:
-  check_options(flags.FLAGS.coverage, flags.FLAGS.multiple)
+  check_options(
+    flags.FLAGS.coverage, flags.FLAGS.multiple, flags.FLAGS.packed_fill
+  )
   _check_vocabulary()
   gin.parse_config(
     [
@@ -557,6 +697,11 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer(
     'multiple', 8, 'Suggested lengths are rounded up to a multiple of this.'
+  )
+  flags.DEFINE_float(
+    'packed_fill',
+    0.9,
+    'The share of input and of target slots suggested packed rows fill.',
   )
 
 

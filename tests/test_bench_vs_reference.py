@@ -28,7 +28,7 @@ def _flags(command):
 @pytest.mark.parametrize('shape', ['tiny', 'small'])
 def test_both_systems_get_the_same_model_data_and_batch(tool, shape):
   sizes = tool.SHAPES[shape]
-  ours = _flags(tool.our_command(sizes, 16, (512, 256), 30, 3, False, '/d'))
+  ours = _flags(tool.our_command(sizes, 32, (512, 256), 30, 3, False, '/d'))
   theirs = _flags(
     tool.reference_command('/ref', sizes, 16, (512, 256), 30, 3, 2, '/d')
   )

@@ -59,9 +59,11 @@ def test_model_files_configure_t5_1_1(size, millions):
   assert _param_count(config) == pytest.approx(millions * 1e6, rel=0.03)
   checkpoint = gin.query_parameter('%INITIAL_CHECKPOINT_PATH')
   assert checkpoint.endswith(f't5_1_1_{size}/checkpoint_1000000')
+  # data/cqa.gin: packed rows of the lengths dsbs-lengths suggests.
+  assert gin.query_parameter('%PACK')
   assert gin.query_parameter('%TASK_FEATURE_LENGTHS') == {
     'inputs': 1024,
-    'targets': 256,
+    'targets': 440,
   }
 
 

@@ -8,10 +8,12 @@ import sys
 
 from conftest import SAMPLE_DATA_DIR
 import gin
+import numpy as np
 import pytest
 import seqio
 
 from dsbs_jax import gin_utils
+from dsbs_jax.two_tasks import DistillStepByStepFeatureConverter
 from dsbs_tasks import lengths
 from dsbs_tasks import sources
 from dsbs_tasks.lengths import TaskLengths
@@ -138,8 +140,48 @@ def test_report_text():
   row = re.search(r'^  all targets +(.*)$', current, re.M).group(1).split()
   # 10 of 129 target tokens cut; 2+3+4+30+40+40 tokens in 6 × 40 slots.
   assert row == ['40', '6', '1', '16.67%', '7.75%', '49.6%']
-  assert text.endswith(
-    '''--gin.TASK_FEATURE_LENGTHS="{'inputs': 16, 'targets': 40}"'''
+  assert (
+    """\n  --gin.TASK_FEATURE_LENGTHS="{'inputs': 16, 'targets': 40}"\n"""
+    in text
+  )
+  packed = text.split('Packed (PACK = True, pack window 64)')[1]
+  assert '--gin.PACK=True --gin.TASK_FEATURE_LENGTHS=' in packed
+
+
+def test_packed_fill_of_rows_packed_as_training_packs():
+  # Rows of 8 input and 3 target tokens. In order (window 1): [6, 1] alone
+  # (the next [6, 2] does not fit), [6, 2], then [2, 1] + [2, 1].
+  examples = [(6, 1), (6, 2), (2, 1), (2, 1)]
+  fill = lengths.packed_fill(examples, {'inputs': 8, 'targets': 3}, 1)
+  assert fill.examples_per_row == 4 / 3
+  assert fill.inputs_filled == 16 / 24
+  assert fill.targets_filled == 5 / 9
+  # A window of 2 puts [2, 1] beside [6, 1]: 2 rows.
+  fill = lengths.packed_fill(examples, {'inputs': 8, 'targets': 3}, 2)
+  assert fill.examples_per_row == 2
+
+
+def test_packed_candidates_grow_until_both_features_are_full():
+  by_task = {
+    1: TaskLengths(inputs=[10] * 50, targets=[2] * 50),
+    2: TaskLengths(inputs=[10] * 50, targets=[18] * 50),
+  }
+  # Inputs: multiples of the p99 input (10); targets keep the ratio 1:1.
+  candidates = lengths.packed_candidates(by_task, 64, 0.9, 1)
+  assert [c.feature_lengths for c in candidates] == [
+    {'inputs': 10, 'targets': 10},
+    {'inputs': 20, 'targets': 20},
+  ]
+  # One example per row (targets 2 or 18 cut to 10); then a label and a
+  # rationale example per row, both full.
+  assert candidates[-1].inputs_filled == candidates[-1].targets_filled == 1
+  assert lengths.packed_suggestion(candidates, 0.9) is candidates[-1]
+  # Never full enough: the fullest is suggested.
+  stingy = lengths.packed_candidates(by_task, 1, 0.99, 1)
+  assert len(stingy) > 2
+  best = lengths.packed_suggestion(stingy, 0.99)
+  assert min(best.inputs_filled, best.targets_filled) == max(
+    min(c.inputs_filled, c.targets_filled) for c in stingy
   )
 
 
@@ -190,7 +232,9 @@ def test_report_on_the_cqa_sample():
   assert lengths.truncated(expected[2].targets, current['targets']) > 0
 
   suggested = re.search(
-    r"TASK_FEATURE_LENGTHS=\"\{'inputs': (\d+), 'targets': (\d+)\}\"$", text
+    r"^  --gin.TASK_FEATURE_LENGTHS=\"\{'inputs': (\d+), 'targets': (\d+)\}\"$",
+    text,
+    re.M,
   ).groups()
   suggested = dict(zip(('inputs', 'targets'), map(int, suggested)))
   for kind, values in lengths.kinds(expected).items():
@@ -204,6 +248,30 @@ def test_report_on_the_cqa_sample():
       for kind, values in lengths.kinds(expected).items()
       if kind.endswith(feature)
     )
+
+
+def test_packed_fill_is_the_fill_of_the_rows_training_packs():
+  """The report's simulation packs as the feature converter does: on the
+  cqa sample in the task's order, the same rows, so the same fill."""
+  name = dsbs_task('cqa', vocabulary=BYTES, data_dir=SAMPLE_DATA_DIR)
+  task_lengths = {'inputs': 512, 'targets': 224}
+  dataset = seqio.get_mixture_or_task(name).get_dataset(
+    task_lengths, split='train', shuffle=False, num_epochs=1
+  )
+  converter = DistillStepByStepFeatureConverter(pack=True, pack_window=8)
+  rows = list(converter(dataset, task_lengths).as_numpy_iterator())
+  in_order = [
+    (int(np.sum(e['inputs'] > 0)), int(np.sum(e['targets'] > 0)))
+    for e in dataset.as_numpy_iterator()
+  ]
+  fill = lengths.packed_fill(in_order, task_lengths, 8)
+  assert fill.examples_per_row == len(in_order) / len(rows)
+  assert fill.inputs_filled == pytest.approx(
+    np.mean([np.mean(row['encoder_segment_ids'] > 0) for row in rows])
+  )
+  assert fill.targets_filled == pytest.approx(
+    np.mean([np.mean(row['decoder_segment_ids'] > 0) for row in rows])
+  )
 
 
 def test_an_empty_split_is_named(tmp_path):

@@ -74,6 +74,19 @@ _STEPS = flags.DEFINE_integer('steps_per_run', 30, 'Timed steps per run.')
 _WARMUP = flags.DEFINE_integer('warmup_per_run', 3, 'Untimed steps per run.')
 _ROUNDS = flags.DEFINE_integer('rounds', 2, 'Runs of each system.')
 _PACK = flags.DEFINE_bool('pack', False, 'Pack our examples (PACK=True).')
+_ROWS = flags.DEFINE_integer(
+  'rows',
+  None,
+  'Our rows per step (BATCH_SIZE); default 2 × pairs, one example a row. '
+  'Packed rows hold several: 2 × pairs ÷ the examples per row that '
+  'dsbs-lengths prints.',
+)
+_OUR_LENGTHS = flags.DEFINE_list(
+  'our_lengths',
+  None,
+  'Our input,target lengths, e.g. 1024,440 for packed rows; default '
+  '--input_length,--target_length.',
+)
 _DATA_DIR = flags.DEFINE_string(
   'data_dir', '../shared/data/datasets', 'The release data (cqa).'
 )
@@ -87,7 +100,7 @@ _THREADS = flags.DEFINE_integer('threads', 2, "The reference's torch threads.")
 
 def our_command(
   shape: dict[str, int],
-  pairs: int,
+  rows: int,
   lengths: tuple[int, int],
   steps: int,
   warmup: int,
@@ -103,7 +116,7 @@ def our_command(
     '--gin_file=models/t5_1_1_tiny.gin',
     "--gin.DATASET='cqa'",
     f'--gin.DATA_DIR={os.path.abspath(data_dir)!r}',
-    f'--gin.BATCH_SIZE={2 * pairs}',
+    f'--gin.BATCH_SIZE={rows}',
     f"--gin.TASK_FEATURE_LENGTHS={{'inputs': {inputs}, 'targets': {targets}}}",
     f'--gin.PACK={pack}',
     *(
@@ -191,10 +204,12 @@ def main(argv: Sequence[str]) -> None:
   del argv
   shape = SHAPES[_SHAPE.value]
   lengths = (_INPUT_LENGTH.value, _TARGET_LENGTH.value)
+  rows = _ROWS.value or 2 * _PAIRS.value
+  our_lengths = tuple(map(int, _OUR_LENGTHS.value or lengths))
   mine = our_command(
     shape,
-    _PAIRS.value,
-    lengths,
+    rows,
+    our_lengths,
     _STEPS.value,
     _WARMUP.value,
     _PACK.value,
@@ -224,8 +239,9 @@ def main(argv: Sequence[str]) -> None:
         flush=True,
       )
   print(
-    f'shape: {_SHAPE.value} {shape}; {_PAIRS.value} pairs per step, lengths '
-    f'{lengths}, pack={_PACK.value}'
+    f'shape: {_SHAPE.value} {shape}; reference: {_PAIRS.value} pairs per '
+    f'step, lengths {lengths}; ours: {rows} rows of {our_lengths}, '
+    f'pack={_PACK.value}'
   )
   for name, value in summary(ours, reference).items():
     print(f'{name}: {value:.4g}')
