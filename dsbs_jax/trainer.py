@@ -197,12 +197,18 @@ class Trainer:
     optimizer: optax.GradientTransformation | None = None,
     num_microbatches: int | None = None,
     seed: int = 0,
+    compiler_options: Mapping[str, Any] | None = None,
   ):
+    """`compiler_options`: XLA options for compiling the train step (e.g.
+    `{'xla_cpu_experimental_ynn_fusion_type': ''}`, which runs/main.gin sets
+    for the tiny model on CPU: docs/benchmark.md); the backend must know
+    them."""
     self.model = model
     self.partitioner = partitioner
     self.optimizer = optimizer or model.optimizer_def or adafactor()
     self.num_microbatches = num_microbatches or 1
     self.seed = seed
+    self.compiler_options = dict(compiler_options or {})
     self._train_step = None
 
   # -- state ---------------------------------------------------------------
@@ -332,6 +338,7 @@ class Trainer:
       in_shardings=(state_shardings, self.partitioner.batch_sharding),
       out_shardings=(state_shardings, self.partitioner.replicated),
       donate_argnums=(0,),
+      compiler_options=self.compiler_options or None,
     )
 
   def lower_train_step(

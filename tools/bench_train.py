@@ -57,6 +57,12 @@ _PEAK_MATMUL_SIZE = flags.DEFINE_integer(
   'Side of the matmul that --measure_peak times.',
   lower_bound=1,
 )
+_PROFILE_DIR = flags.DEFINE_string(
+  'profile_dir',
+  None,
+  'Trace the timed steps with jax.profiler into this folder, for '
+  'TensorBoard or Perfetto (docs/benchmark.md); slows them a little.',
+)
 
 
 def model_flops_per_step(
@@ -200,6 +206,8 @@ def time_train_steps(
 
   local_batches = []  # measured after the timing
   examples = tokens = 0
+  if _PROFILE_DIR.value:
+    jax.profiler.start_trace(_PROFILE_DIR.value)
   start = time.perf_counter()
   for _ in range(_STEPS.value):
     local_batch = next(batches)
@@ -211,6 +219,8 @@ def time_train_steps(
     )
   jax.block_until_ready((state, metrics))
   seconds = time.perf_counter() - start
+  if _PROFILE_DIR.value:
+    jax.profiler.stop_trace()
   return Timing(
     compiled,
     compile_seconds,
