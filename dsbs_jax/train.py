@@ -149,6 +149,9 @@ def train(
     # With one process on its own, also true for a signal during that wait:
     # then the final evaluation is skipped too.
     preempted = stop_signals.reached(int(state.step))
+  # Stop the endless input pipeline now: left to interpreter exit, its
+  # threads (and the packer's Python generator) hold the process for seconds.
+  del batches
   if preempted:
     stop_signals.report(train_steps, model_dir)
     return state
