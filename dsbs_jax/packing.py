@@ -100,16 +100,13 @@ def pack_dataset(
   """
   keys = list(feature_lengths)
   capacity = [feature_lengths[key] for key in keys]
-  trimmed = dataset.map(
-    lambda example: {
-      **{key: example[key][: feature_lengths[key]] for key in keys},
-      **{
-        f'{key}_length': tf.size(example[key][: feature_lengths[key]])
-        for key in keys
-      },
-    },
-    num_parallel_calls=tf.data.AUTOTUNE,
-  )
+
+  def trim(example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    features = {key: example[key][: feature_lengths[key]] for key in keys}
+    sizes = {f'{key}_length': tf.size(value) for key, value in features.items()}
+    return {**features, **sizes}
+
+  trimmed = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
   reads = trimmed.padded_batch(
     max(capacity),
     padded_shapes={

@@ -208,7 +208,7 @@ class Trainer:
     self.optimizer = optimizer or model.optimizer_def or adafactor()
     self.num_microbatches = num_microbatches or 1
     self.seed = seed
-    self.compiler_options = dict(compiler_options or {})
+    self.compiler_options = compiler_options
     self._train_step = None
 
   # -- state ---------------------------------------------------------------
@@ -338,7 +338,7 @@ class Trainer:
       in_shardings=(state_shardings, self.partitioner.batch_sharding),
       out_shardings=(state_shardings, self.partitioner.replicated),
       donate_argnums=(0,),
-      compiler_options=self.compiler_options or None,
+      compiler_options=self.compiler_options,
     )
 
   def lower_train_step(

@@ -213,6 +213,10 @@ class PackedFill:
   inputs_filled: float  # share of input slots holding a token
   targets_filled: float
 
+  @property
+  def least_filled(self) -> float:
+    return min(self.inputs_filled, self.targets_filled)
+
 
 def packed_fill(
   examples: Sequence[tuple[int, int]],
@@ -265,7 +269,7 @@ def packed_candidates(
       examples, {'inputs': inputs, 'targets': targets}, window
     )
     candidates.append(fill_of)
-    if min(fill_of.inputs_filled, fill_of.targets_filled) >= fill:
+    if fill_of.least_filled >= fill:
       break
   return candidates
 
@@ -274,9 +278,8 @@ def packed_suggestion(
   candidates: Sequence[PackedFill], fill: float
 ) -> PackedFill:
   """The shortest rows both `fill` full, else the fullest."""
-  least = lambda c: min(c.inputs_filled, c.targets_filled)  # noqa: E731
-  full = [c for c in candidates if least(c) >= fill]
-  return full[0] if full else max(candidates, key=least)
+  full = [c for c in candidates if c.least_filled >= fill]
+  return full[0] if full else max(candidates, key=lambda c: c.least_filled)
 
 
 def _packed_section(
@@ -299,14 +302,14 @@ def _packed_section(
       )
     )
   per_row = suggestion.examples_per_row
-  reached = min(suggestion.inputs_filled, suggestion.targets_filled) >= fill
+  reached = suggestion.least_filled >= fill
   return [
     '',
     f'Packed (PACK = True, pack window {window}): {sampled} examples of both '
     'tasks, shuffled, packed as training packs them:',
     *_table(rows),
     f'Suggested for packing: the shortest rows filling inputs and targets '
-    f'{fill:.0%}'
+    f'{fill:.0%}:'
     if reached
     else f'No rows up to {PACKED_INPUTS_MAX} inputs '
     f'fill both {fill:.0%}; the fullest:',

@@ -16,6 +16,7 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from dsbs_jax import checkpoint_import  # pylint: disable=g-import-not-at-top
 from dsbs_jax import network  # pylint: disable=g-import-not-at-top
@@ -96,3 +97,16 @@ def reference_batch(expected: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     'decoder_target_tokens',
   )
   return {name: expected[name] for name in names}
+
+
+def task_example_dataset(examples) -> tf.data.Dataset:
+  """Examples ({'inputs': ids, 'targets': ids, 'task': 1 or 2}) as the
+  dataset a feature converter takes."""
+  signature = {
+    'inputs': tf.TensorSpec([None], tf.int32),
+    'targets': tf.TensorSpec([None], tf.int32),
+    'task': tf.TensorSpec([], tf.int32),
+  }
+  return tf.data.Dataset.from_generator(
+    lambda: iter(examples), output_signature=signature
+  )

@@ -1,5 +1,6 @@
 """DistillStepByStepFeatureConverter: per-token task ids, packed or padded."""
 
+from conftest import task_example_dataset
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -32,20 +33,11 @@ def _examples():
   ]
 
 
-def _dataset(examples):
-  signature = {
-    'inputs': tf.TensorSpec([None], tf.int32),
-    'targets': tf.TensorSpec([None], tf.int32),
-    'task': tf.TensorSpec([], tf.int32),
-  }
-  return tf.data.Dataset.from_generator(
-    lambda: iter(examples), output_signature=signature
-  )
-
-
 def _convert(pack):
   converter = DistillStepByStepFeatureConverter(pack=pack)
-  return list(converter(_dataset(_examples()), LENGTHS).as_numpy_iterator())
+  return list(
+    converter(task_example_dataset(_examples()), LENGTHS).as_numpy_iterator()
+  )
 
 
 def test_without_packing_every_target_token_has_its_example_task():

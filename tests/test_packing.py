@@ -1,5 +1,6 @@
 """Window packing (dsbs_jax.packing) against seqio's own packing."""
 
+from conftest import task_example_dataset
 import numpy as np
 import pytest
 import seqio
@@ -34,17 +35,6 @@ def _two_task_examples(
   return examples
 
 
-def _dataset(examples) -> tf.data.Dataset:
-  signature = {
-    'inputs': tf.TensorSpec([None], tf.int32),
-    'targets': tf.TensorSpec([None], tf.int32),
-    'task': tf.TensorSpec([], tf.int32),
-  }
-  return tf.data.Dataset.from_generator(
-    lambda: iter(examples), output_signature=signature
-  )
-
-
 def _rows(dataset: tf.data.Dataset) -> list[dict[str, np.ndarray]]:
   return list(dataset.as_numpy_iterator())
 
@@ -63,14 +53,15 @@ def test_window_of_one_packs_exactly_as_seqio():
   features = ('inputs', 'targets')
   ours = _rows(
     packing.pack_dataset(
-      _dataset(examples).map(lambda e: {k: e[k] for k in features}),
+      task_example_dataset(examples).map(lambda e: {k: e[k] for k in features}),
       lengths,
       window=1,
     )
   )
   theirs = _rows(
     seqio.utils.trim_and_pack_dataset(
-      _dataset(examples).map(lambda e: {k: e[k] for k in features}), lengths
+      task_example_dataset(examples).map(lambda e: {k: e[k] for k in features}),
+      lengths,
     )
   )
   assert len(ours) == len(theirs) > 1
@@ -82,7 +73,9 @@ def test_window_of_one_packs_exactly_as_seqio():
 
 def test_every_example_lands_once_whole_in_a_row_of_the_right_layout():
   examples = _two_task_examples(200)
-  rows = _rows(packing.pack_dataset(_dataset(examples), LENGTHS, window=16))
+  rows = _rows(
+    packing.pack_dataset(task_example_dataset(examples), LENGTHS, window=16)
+  )
   placed = []
   for row in rows:
     for key, length in LENGTHS.items():
@@ -131,7 +124,9 @@ def test_a_window_fills_both_features_of_two_task_rows():
   examples = _two_task_examples(2000)
   fills = {}
   for window in (1, 64):
-    rows = _rows(packing.pack_dataset(_dataset(examples), LENGTHS, window))
+    rows = _rows(
+      packing.pack_dataset(task_example_dataset(examples), LENGTHS, window)
+    )
     fills[window] = (_fill(rows, 'inputs'), _fill(rows, 'targets'))
   # Measured: window 1 (0.70, 0.71), window 64 (0.93, 0.95).
   assert min(fills[64]) >= 0.9, fills
@@ -143,7 +138,7 @@ def test_converter_packs_from_its_window():
   rows = {
     window: _rows(
       DistillStepByStepFeatureConverter(pack=True, pack_window=window)(
-        _dataset(examples), LENGTHS
+        task_example_dataset(examples), LENGTHS
       )
     )
     for window in (1, 32)
