@@ -89,7 +89,8 @@ def load_params(
   config: network.T5Config | None = None,
   shardings: Any | None = None,
 ) -> Params:
-  """Parameters of a t5x or HuggingFace T5 checkpoint, in t5x's tree.
+  """Parameters of a t5x or HuggingFace T5 checkpoint, in t5x's tree
+  (stacked as `config.scan_layers` asks).
 
   With `config`, the tree is checked against the network it configures
   (`check_params`). A HuggingFace folder is always checked against its own
@@ -102,6 +103,19 @@ def load_params(
   host needs memory for the whole model. A HuggingFace folder (one file) is
   read whole and then placed.
   """
+  if config is not None and config.scan_layers:
+    # Checkpoints hold t5x's per-layer tree: read it so, then stack.
+    params = load_params(
+      path,
+      config.replace(scan_layers=False),
+      None if shardings is None else network.unstack_layers(shardings, config),
+    )
+    if shardings is None:
+      return network.stack_layers(params, config)
+    stack = functools.partial(
+      network.stack_layers, config=config, stack_fn=jnp.stack
+    )
+    return jax.jit(stack, out_shardings=shardings)(params)
   directory = epath.Path(path)
   if (directory / 'checkpoint').exists():
     params = _load_t5x_legacy(directory, config, shardings)

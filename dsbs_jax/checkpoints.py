@@ -19,6 +19,7 @@ import warnings
 from etils import epath
 from flax import traverse_util
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from dsbs_jax import checkpoint_import
@@ -244,6 +245,19 @@ class TrainCheckpointer:
       self._manager.wait_until_finished()
 
 
+def _stack_abstract(layers: list[jax.ShapeDtypeStruct]) -> jax.ShapeDtypeStruct:
+  """The abstract array of `layers` stacked on a new, unsplit leading axis."""
+  first = layers[0]
+  sharding = first.sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(
+      sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec)
+    )
+  return jax.ShapeDtypeStruct(
+    (len(layers), *first.shape), first.dtype, sharding=sharding
+  )
+
+
 def _own_checkpoint(path: epath.Path) -> tuple[epath.Path, int] | None:
   """(checkpoint directory, step) when `path` is a run of ours (its newest
   complete checkpoint) or one of its complete `checkpoint_<step>`
@@ -277,11 +291,17 @@ def restore_params(
   if own is not None:
     directory, step = own
     item = directory.absolute() / 'default'
-    handler = ocp.PyTreeCheckpointHandler()
-    _check_saved_shapes(
-      handler.metadata(item).tree['params'], param_shapes, path
-    )
+    saved = ocp.PyTreeCheckpointHandler().metadata(item).tree['params']
+    # A run with scanned layers saves them stacked; either layout loads into
+    # either model (network.T5Config.scan_layers).
+    saved_scanned = 'layers' in saved.get('encoder', {})
+    saved_layout = config.replace(scan_layers=saved_scanned)
     target = abstract_arrays(param_shapes, param_shardings, dtype)
+    if saved_scanned:
+      target = network.stack_layers(target, saved_layout, _stack_abstract)
+    else:
+      target = network.unstack_layers(target, config)
+    _check_saved_shapes(saved, target, path)
     restore_args = jax.tree.map(
       lambda a: ocp.ArrayRestoreArgs(
         sharding=a.sharding, dtype=a.dtype, global_shape=a.shape
@@ -291,6 +311,13 @@ def restore_params(
     params = checkpoint_import.restore_orbax_subtree(
       item, 'params', target, restore_args
     )
+    if saved_scanned != config.scan_layers:
+      params = jax.jit(
+        lambda p: network.stack_layers(
+          network.unstack_layers(p, saved_layout), config, jnp.stack
+        ),
+        out_shardings=param_shardings,
+      )(params)
     return params, step
   params = checkpoint_import.load_params(path, config, param_shardings)
   if dtype is not None:

@@ -69,11 +69,16 @@ def cache_map(fn: Callable[[jnp.ndarray], jnp.ndarray], cache: Cache) -> Cache:
 
   flax's decoder cache holds per-row `cached_key`/`cached_value` arrays (rows
   leading) and one scalar `cache_index` per layer shared by all rows; only the
-  former change with the number of rows.
+  former change with the number of rows. A scanned stack (`layers`, see
+  `network.T5Config.scan_layers`) holds them for all its layers at once, rows
+  second, so `fn` is mapped over its layers.
   """
 
   def apply(path, x):
-    return x if getattr(path[-1], 'key', None) == 'cache_index' else fn(x)
+    keys = [getattr(k, 'key', None) for k in path]
+    if keys[-1] == 'cache_index':
+      return x
+    return jax.vmap(fn)(x) if 'layers' in keys else fn(x)
 
   return jax.tree_util.tree_map_with_path(apply, cache)
 

@@ -100,9 +100,11 @@ def export(
       f'Checkpoint {checkpoint}: no such file or directory.'
     )
   checkpoint_export.check_output_dir(output, overwrite)
-  params, step = _restore(checkpoint, module.config)
+  # HuggingFace's tree is per layer, whichever layout the run trained in.
+  config = module.config.replace(scan_layers=False)
+  params, step = _restore(checkpoint, config)
   checkpoint_export.save_hf(
-    params, module.config, vocabulary, output, dtype, prefixes, overwrite
+    params, config, vocabulary, output, dtype, prefixes, overwrite
   )
   logging.info(
     'Exported %s (step %d) to %s (%s).', checkpoint, step, output, dtype

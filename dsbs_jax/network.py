@@ -11,6 +11,11 @@ Parameters are created in float32 and cast to `config.dtype` for computation
 names (`vocab`, `embed`, `mlp`, `heads`, `kv`, `joined_kv`, `relpos_buckets`)
 that `dsbs_jax.partitioning` maps onto the device mesh; the main activations
 carry logical sharding constraints, which are no-ops outside a mesh.
+
+With `T5Config.scan_layers` each stack's layers run as one `nn.scan`, their
+parameters stacked under `layers`; `stack_layers` and `unstack_layers` convert
+between that tree and t5x's (`layers_0`, `layers_1`, ...), which checkpoints,
+exports and the optimizer use.
 """
 
 from collections.abc import Callable
@@ -54,6 +59,10 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   # What each layer keeps for the backward pass (REMAT_POLICIES).
   remat_policy: str = 'none'
+  # One `nn.scan` over each stack's layers: XLA compiles a layer once per
+  # stack instead of once per layer. Parameters are then stacked on a leading
+  # `layers` axis (`stack_layers`); checkpoints load in either layout.
+  scan_layers: bool = False
 
 
 # Activation rematerialisation of each encoder and decoder layer in training,
@@ -87,8 +96,102 @@ def _layer_class(cls: type[nn.Module], cfg: T5Config, decode: bool):
   # DecoderLayer's `deterministic` and `decode` are 6 and 7.
   static = (4,) if cls is EncoderLayer else (6, 7)
   return nn.remat(
-    cls, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=static
+    cls,
+    policy=REMAT_POLICIES[cfg.remat_policy],
+    static_argnums=static,
+    # A scan already keeps XLA from merging the recomputation away.
+    prevent_cse=not cfg.scan_layers,
   )
+
+
+def _apply_layers(
+  layer: type[nn.Module], cfg: T5Config, num_layers: int, x: Array, *args
+) -> Array:
+  """`x` through `num_layers` layers, each also given `args`.
+
+  Unscanned, the layers are modules `layers_0`, `layers_1`, ... as in t5x.
+  Scanned, one module `layers` holds every parameter (and decoding cache)
+  with a leading axis of `num_layers`, named `layers` for partitioning (no
+  rule maps it, so it is never split). Dropout masks then come from a
+  per-layer split of the rng: the same distribution as unscanned, other
+  draws.
+  """
+  if not cfg.scan_layers:
+    for i in range(num_layers):
+      x = layer(cfg, name=f'layers_{i}')(x, *args)
+    return x
+  scan = nn.scan(
+    lambda module, carry, *rest: (module(carry, *rest), None),
+    variable_axes={'params': 0, 'cache': 0},
+    split_rngs={'params': True, 'dropout': True},
+    in_axes=(nn.broadcast,) * len(args),
+    length=num_layers,
+    metadata_params={nn.PARTITION_NAME: 'layers'},
+  )
+  x, _ = scan(layer(cfg, name='layers'), x, *args)
+  return x
+
+
+def _layer_count(config: T5Config, stack: str) -> int:
+  return (
+    config.num_encoder_layers
+    if stack == 'encoder'
+    else config.num_decoder_layers
+  )
+
+
+def _slice_layer(leaf: Any, i: int) -> Any:
+  """Layer `i` of a stacked leaf: an array, its shape, or its sharding."""
+  if isinstance(leaf, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(
+      leaf.mesh, jax.sharding.PartitionSpec(*leaf.spec[1:])
+    )
+  if isinstance(leaf, jax.sharding.Sharding):  # e.g. one device's
+    return leaf
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    sharding = leaf.sharding and _slice_layer(leaf.sharding, i)
+    return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
+  return leaf[i]
+
+
+def unstack_layers(tree: Any, config: T5Config) -> Any:
+  """t5x's per-layer tree (`layers_0`, ...) of a tree in the scanned layout.
+
+  `tree` is shaped like the parameters: arrays, `jax.ShapeDtypeStruct`s or
+  `NamedSharding`s. Trees already per layer are returned as they are.
+  """
+  out = dict(tree)
+  for stack in ('encoder', 'decoder'):
+    if 'layers' not in tree.get(stack, {}):
+      continue
+    out[stack] = {k: v for k, v in tree[stack].items() if k != 'layers'}
+    for i in range(_layer_count(config, stack)):
+      out[stack][f'layers_{i}'] = jax.tree.map(
+        lambda leaf, i=i: _slice_layer(leaf, i), tree[stack]['layers']
+      )
+  return out
+
+
+def stack_layers(
+  tree: Any, config: T5Config, stack_fn: Callable[..., Any] = np.stack
+) -> Any:
+  """The scanned layout of t5x's per-layer tree, layers stacked by
+  `stack_fn` (`jnp.stack` under jit). Trees already stacked, and trees for
+  unscanned configs, are returned as they are."""
+  if not config.scan_layers:
+    return tree
+  out = dict(tree)
+  for stack in ('encoder', 'decoder'):
+    if 'layers_0' not in tree.get(stack, {}):
+      continue
+    n = _layer_count(config, stack)
+    layers = [tree[stack][f'layers_{i}'] for i in range(n)]
+    rest = {k: v for k, v in tree[stack].items() if not k.startswith('layers_')}
+    out[stack] = {
+      **rest,
+      'layers': jax.tree.map(lambda *leaves: stack_fn(leaves), *layers),
+    }
+  return out
 
 
 def _param(module: nn.Module, name: str, init: Initializer, shape, axes):
@@ -513,8 +616,9 @@ class Encoder(nn.Module):
       deterministic=deterministic,
     ).astype(cfg.dtype)
     layer = _layer_class(EncoderLayer, cfg, decode=False)
-    for i in range(cfg.num_encoder_layers):
-      x = layer(cfg, name=f'layers_{i}')(x, mask, bias, deterministic)
+    x = _apply_layers(
+      layer, cfg, cfg.num_encoder_layers, x, mask, bias, deterministic
+    )
     x = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name='encoder_norm')(x)
     return nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -547,10 +651,18 @@ class Decoder(nn.Module):
       deterministic=deterministic,
     ).astype(cfg.dtype)
     layer = _layer_class(DecoderLayer, cfg, decode)
-    for i in range(cfg.num_decoder_layers):
-      y = layer(cfg, name=f'layers_{i}')(
-        y, encoded, self_mask, cross_mask, bias, deterministic, decode
-      )
+    y = _apply_layers(
+      layer,
+      cfg,
+      cfg.num_decoder_layers,
+      y,
+      encoded,
+      self_mask,
+      cross_mask,
+      bias,
+      deterministic,
+      decode,
+    )
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.dtype, name='decoder_norm')(y)
     y = dropout(y, deterministic=deterministic)
     if cfg.logits_via_embedding:

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from dsbs_jax import models
+from dsbs_jax import network
 from dsbs_jax import partitioning
 
 Array = jax.Array
@@ -210,6 +211,16 @@ class Trainer:
     self.seed = seed
     self.compiler_options = compiler_options
     self._train_step = None
+    # The optimizer always sees t5x's per-layer tree. Its statistics are per
+    # parameter array (Adafactor's factored moments, update clipping and
+    # parameter scale are RMS over the array), so with scanned layers it
+    # updates each layer as for the unscanned model, exactly, and its state
+    # has one layout whichever the parameters have.
+    config = model.module.config
+    self._per_layer = functools.partial(network.unstack_layers, config=config)
+    self._scanned = functools.partial(
+      network.stack_layers, config=config, stack_fn=jnp.stack
+    )
 
   # -- state ---------------------------------------------------------------
 
@@ -220,9 +231,13 @@ class Trainer:
     param_shapes, param_shardings = param_shapes_and_shardings(
       self.model, self.partitioner, input_shapes
     )
-    opt_shapes = jax.eval_shape(self.optimizer.init, param_shapes)
+    layer_shapes = self._per_layer(param_shapes)
+    opt_shapes = jax.eval_shape(self.optimizer.init, layer_shapes)
     opt_shardings = self.partitioner.optimizer_shardings(
-      self.optimizer, opt_shapes, param_shapes, param_shardings
+      self.optimizer,
+      opt_shapes,
+      layer_shapes,
+      self._per_layer(param_shardings),
     )
     shapes = TrainState(
       step=jax.ShapeDtypeStruct((), jnp.int32),
@@ -256,7 +271,7 @@ class Trainer:
       return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=self.optimizer.init(params),
+        opt_state=self.optimizer.init(self._per_layer(params)),
       )
 
     with self.partitioner.activation_context():
@@ -304,9 +319,9 @@ class Trainer:
       state.params, batch, dropout_rng
     )
     updates, opt_state = self.optimizer.update(
-      grads, state.opt_state, state.params
+      self._per_layer(grads), state.opt_state, self._per_layer(state.params)
     )
-    params = optax.apply_updates(state.params, updates)
+    params = optax.apply_updates(state.params, self._scanned(updates))
     grad_norm = optax.tree.norm(grads)
     # A non-finite step keeps the old parameters and optimizer state, so no
     # state (and no checkpoint) ever holds a NaN; checking the new state too

@@ -49,6 +49,9 @@ PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 PACKED_INPUTS_MAX = 8192
 # Packing is simulated on at most this many examples of the split.
 PACKED_SAMPLE = 20_000
+# Target rows tried either side of the split's target-to-input ratio, in
+# multiples of `--multiple`.
+TARGET_SEARCH_STEPS = 2
 
 
 class EmptySplitError(errors.UserError):
@@ -248,8 +251,11 @@ def packed_candidates(
 
   The examples of both tasks are shuffled together (training shuffles too)
   and at most PACKED_SAMPLE of them are packed. Input rows are 1, 2, 3, ...
-  times the p99 input (rounded up to `multiple`); target rows keep the
-  split's ratio of target to input tokens, rounded up to `multiple`.
+  times the p99 input (rounded up to `multiple`). For each, the target row
+  is the fullest (least-filled feature; the shorter on a tie) of the split's
+  ratio of target to input tokens, rounded up to `multiple`, and
+  TARGET_SEARCH_STEPS multiples either side, never below the p99 target (so
+  that no more than 1% of examples are cut).
   """
   examples = [
     (i, t)
@@ -262,11 +268,22 @@ def packed_candidates(
   examples = examples[:PACKED_SAMPLE]
   ratio = sum(t for _, t in examples) / sum(i for i, _ in examples)
   step = round_up(percentile([i for i, _ in examples], 0.99), multiple)
+  longest = round_up(percentile([t for _, t in examples], 0.99), multiple)
   candidates = []
   for inputs in range(step, PACKED_INPUTS_MAX + 1, step):
-    targets = round_up(math.ceil(inputs * ratio), multiple)
-    fill_of = packed_fill(
-      examples, {'inputs': inputs, 'targets': targets}, window
+    at_ratio = round_up(math.ceil(inputs * ratio), multiple)
+    tries = sorted(
+      {
+        max(longest, at_ratio + k * multiple)
+        for k in range(-TARGET_SEARCH_STEPS, TARGET_SEARCH_STEPS + 1)
+      }
+    )
+    fill_of = max(
+      (
+        packed_fill(examples, {'inputs': inputs, 'targets': t}, window)
+        for t in tries
+      ),
+      key=lambda c: c.least_filled,
     )
     candidates.append(fill_of)
     if fill_of.least_filled >= fill:

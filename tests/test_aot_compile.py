@@ -12,7 +12,8 @@ import test_binaries
 TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'aot_compile.py'
 
 
-def test_tiny_model_compiles_for_a_v5e_slice_and_fits():
+def _aot_compile(*flags: str) -> dict[str, str]:
+  """The tool's `name: value` lines for the main job's model on v5e:2x2."""
   result = subprocess.run(
     [
       sys.executable,
@@ -20,6 +21,7 @@ def test_tiny_model_compiles_for_a_v5e_slice_and_fits():
       '--topology=v5e:2x2',
       '--gin_file=runs/main.gin',
       '--gin_file=meshes/params_2d.gin',
+      *flags,
     ],
     capture_output=True,
     text=True,
@@ -28,7 +30,12 @@ def test_tiny_model_compiles_for_a_v5e_slice_and_fits():
     check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
-  values = dict(re.findall(r'^(\w+): (.+)$', result.stdout, re.MULTILINE))
+  return dict(re.findall(r'^(\w+): (.+)$', result.stdout, re.MULTILINE))
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_tiny_model_compiles_for_a_v5e_slice_and_fits(scan_layers):
+  values = _aot_compile(f'--gin.network.T5Config.scan_layers={scan_layers}')
   assert values['topology'].startswith('v5e:2x2, 4 x TPU v5 lite, mesh data=4')
   used = re.match(
     r'(\d+) \(arguments (\d+), outputs (\d+), aliased (\d+)',
@@ -40,7 +47,29 @@ def test_tiny_model_compiles_for_a_v5e_slice_and_fits():
   assert values['device_memory_bytes'].startswith(str(16 * 2**30))
   assert values['fits'].startswith('yes')
   assert float(values['compile_seconds']) > 0
-  assert float(values['xla_flops_per_device']) > 0
+  assert float(values['xla_flops_per_device'].split()[0]) > 0
+  # The analytic count of the train state's shards is what XLA takes as
+  # arguments, less the batch (12 packed rows of int32 features over 4
+  # chips: a few KiB).
+  estimate = re.match(
+    r'(\d+) \(parameters (\d+), optimizer (\d+), gradients (\d+), '
+    r'activations (\d+)\)',
+    values['analytic_bytes_per_device'],
+  )
+  _, params, optimizer, gradients, activations = map(int, estimate.groups())
+  assert params == gradients and activations > 0
+  assert 0 < arguments - (params + optimizer) < 64 * 2**10
+
+
+def test_a_plan_too_large_for_the_chip_is_answered_no():
+  """The TPU compiler refuses what exceeds HBM; the tool reports the
+  refusal as the answer (`fits: no`), with the analytic estimate beside."""
+  values = _aot_compile('--gin.BATCH_SIZE=262144')
+  assert values['per_device_memory_bytes'].startswith('n/a (the TPU compiler')
+  assert 'HBM' in values['per_device_memory_bytes']
+  assert values['fits'].startswith('no')
+  estimate = int(values['analytic_bytes_per_device'].split()[0])
+  assert estimate > 16 * 2**30
 
 
 def test_without_libtpu_it_says_so_and_exits_2(monkeypatch, capsys):

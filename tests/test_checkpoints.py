@@ -25,6 +25,7 @@ import torch
 import transformers
 
 from dsbs_jax import checkpoint_import
+from dsbs_jax import checkpoints
 from dsbs_jax import network
 from dsbs_jax import partitioning
 
@@ -368,11 +369,16 @@ def _param_shardings(config, mesh_shape):
   return partitioner.params_shardings(boxed)
 
 
-def test_t5x_checkpoints_restore_shard_by_shard(tiny_config, monkeypatch):
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_t5x_checkpoints_restore_shard_by_shard(
+  tiny_config, scan_layers, monkeypatch
+):
   """Onto 8 devices (data 2 x model 4), each device's slice of a t5x legacy
   checkpoint is read on its own: a parameter split over `model` is never
   read whole, and each slice is read once for its replicas. Both formats
-  give the values of a whole read, in the requested shardings."""
+  give the values of a whole read, in the requested shardings; with scanned
+  layers, stacked on the devices."""
+  tiny_config = tiny_config.replace(scan_layers=scan_layers)
   shardings = _param_shardings(tiny_config, (2, 4))
   reads = []  # per array read: (its shape, the slices read for devices)
   make_array = jax.make_array_from_callback
@@ -418,3 +424,43 @@ def test_t5x_checkpoints_restore_shard_by_shard(tiny_config, monkeypatch):
   assert mlp_slices and set(mlp_slices) == {
     (tiny_config.emb_dim, tiny_config.mlp_dim // 4)
   }
+
+
+@pytest.mark.parametrize('saved_scanned', [False, True])
+def test_own_checkpoints_restore_into_either_layout(
+  tiny_config, saved_scanned, tmp_path
+):
+  """A run's checkpoint, saved with scanned layers or t5x's per-layer
+  modules, restores (for evaluation, inference, export) into a model of the
+  other layout: the same values, in the model's shardings."""
+  saved_config = tiny_config.replace(scan_layers=saved_scanned)
+  config = tiny_config.replace(scan_layers=not saved_scanned)
+  reference = checkpoint_import.load_params(
+    T5X_TINY_DIR / 'legacy_checkpoint_400', saved_config
+  )
+  checkpointer = checkpoints.TrainCheckpointer(str(tmp_path), period=1)
+  checkpointer.save(7, {'params': reference, 'step': 7}, force=True)
+  checkpointer.wait()
+
+  shardings = _param_shardings(config, (2, 4))
+  shapes = traverse_util.unflatten_dict(
+    {
+      k: jax.ShapeDtypeStruct(s, np.float32)
+      for k, s in checkpoint_import.param_shapes(config).items()
+    }
+  )
+  params, step = checkpoints.restore_params(
+    str(tmp_path), shapes, shardings, config
+  )
+  assert step == 7
+  expected = (
+    network.unstack_layers(reference, saved_config)
+    if saved_scanned
+    else network.stack_layers(reference, config)
+  )
+  flat, flat_expected = _flat(params), _flat(expected)
+  assert flat.keys() == flat_expected.keys()
+  flat_shardings = _flat(shardings)
+  for key, value in flat.items():
+    np.testing.assert_array_equal(np.asarray(value), flat_expected[key])
+    assert value.sharding.is_equivalent_to(flat_shardings[key], value.ndim)

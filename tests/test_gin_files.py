@@ -68,6 +68,29 @@ def test_model_files_configure_t5_1_1(size, millions):
 
 
 @pytest.mark.parametrize(
+  'size,remat,dims',
+  [
+    ('base', 'minimal', 1),
+    ('large', 'full', 2),
+    ('xl', 'minimal', 2),
+    ('xxl', 'full', 2),
+  ],
+)
+def test_plan_files_configure_docs_scaling_plans(size, remat, dims):
+  """meshes/plan_<size>.gin: the plan docs/scaling.md recommends for the
+  size (measured with tools/aot_compile.py), on a multi-host TPU slice."""
+  _parse(
+    'runs/dsbs.gin', f'models/t5_1_1_{size}.gin', f'meshes/plan_{size}.gin'
+  )
+  config = gin.get_configurable(network.T5Config)()
+  assert config.remat_policy == remat and config.scan_layers
+  rules = gin.get_bindings('dsbs_jax.partitioning.standard_logical_axis_rules')
+  assert rules.get('parameter_partitioning_dims', 1) == dims
+  start_up = gin.get_bindings('dsbs_jax.partitioning.initialize_distributed')
+  assert start_up['enabled']
+
+
+@pytest.mark.parametrize(
   'run,mode,alpha,labels',
   [
     ('dsbs', 'dsbs', 0.5, 'llm'),

@@ -166,14 +166,15 @@ def test_packed_candidates_grow_until_both_features_are_full():
     1: TaskLengths(inputs=[10] * 50, targets=[2] * 50),
     2: TaskLengths(inputs=[10] * 50, targets=[18] * 50),
   }
-  # Inputs: multiples of the p99 input (10); targets keep the ratio 1:1.
+  # Inputs: multiples of the p99 input (10); targets near the ratio 1:1,
+  # never below the p99 target (18).
   candidates = lengths.packed_candidates(by_task, 64, 0.9, 1)
   assert [c.feature_lengths for c in candidates] == [
-    {'inputs': 10, 'targets': 10},
+    {'inputs': 10, 'targets': 18},
     {'inputs': 20, 'targets': 20},
   ]
-  # One example per row (targets 2 or 18 cut to 10); then a label and a
-  # rationale example per row, both full.
+  # One example per row; then a label and a rationale example per row, both
+  # full.
   assert candidates[-1].inputs_filled == candidates[-1].targets_filled == 1
   assert lengths.packed_suggestion(candidates, 0.9) is candidates[-1]
   # Never full enough: the fullest is suggested.
@@ -183,6 +184,25 @@ def test_packed_candidates_grow_until_both_features_are_full():
   assert min(best.inputs_filled, best.targets_filled) == max(
     min(c.inputs_filled, c.targets_filled) for c in stingy
   )
+
+
+def test_packed_targets_are_searched_around_the_ratio():
+  """60 label examples (targets 2) for 40 rationales (targets 16): the
+  ratio puts 16 target slots beside 20 inputs, where a label and a rationale
+  example (18 targets) do not fit together; 18 slots hold them."""
+  by_task = {
+    1: TaskLengths(inputs=[10] * 60, targets=[2] * 60),
+    2: TaskLengths(inputs=[10] * 40, targets=[16] * 40),
+  }
+  candidates = lengths.packed_candidates(by_task, 64, 0.9, 1)
+  chosen = candidates[1]
+  assert chosen.feature_lengths == {'inputs': 20, 'targets': 18}
+  examples = [(10, 2)] * 60 + [(10, 16)] * 40
+  for targets in (16, 17, 19, 20):
+    other = lengths.packed_fill(
+      examples, {'inputs': 20, 'targets': targets}, 64
+    )
+    assert other.least_filled < chosen.least_filled, targets
 
 
 def test_no_examples_is_a_user_error():

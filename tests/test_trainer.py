@@ -435,6 +435,60 @@ def test_two_dimensional_parameter_sharding_equals_single_device(
     assert diff <= 1e-6, (step, diff)
 
 
+@pytest.mark.slow
+def test_scanned_layers_train_as_t5x_layers():
+  """With `scan_layers`, three Adafactor steps (factored moments, update
+  clipping and parameter scale: all per parameter array) on data 4 x model 2
+  with 2-D parameter sharding give the parameters of t5x's per-layer modules
+  on one device: the optimizer sees each layer on its own, its state in the
+  per-layer tree. Stacked kernels keep `layers` whole and split `embed` over
+  `data`."""
+  config = CONFIG.replace(num_encoder_layers=2, num_decoder_layers=3)
+  scanned = config.replace(scan_layers=True)
+  batches = [_batch(seed) for seed in (1, 2, 3)]
+
+  def model(config):
+    return models.DistillStepByStepModel(
+      network.Transformer(config), VOCABULARY, VOCABULARY, alpha=ALPHA
+    )
+
+  params = jax.device_get(
+    nn.unbox(
+      model(config).get_initial_variables(
+        jax.random.PRNGKey(1), _shapes(batches[0])
+      )['params']
+    )
+  )
+  optimizer = trainer_lib.adafactor(
+    learning_rate=0.05, min_dim_size_to_factor=4
+  )
+  _, plain, _ = _train(
+    model(config), _single_device(), optimizer, 1, params, batches
+  )
+  partitioner = partitioning.Partitioner(
+    mesh_shape=(4, 2),
+    logical_axis_rules=partitioning.standard_logical_axis_rules(2),
+  )
+  state, stacked, _ = _train(
+    model(scanned),
+    partitioner,
+    optimizer,
+    1,
+    network.stack_layers(params, scanned),
+    batches,
+  )
+  wi = state.params['decoder']['layers']['mlp']['wi_0']['kernel']
+  assert wi.shape == (3, config.emb_dim, config.mlp_dim)
+  assert _spec(wi) == (None, partitioning.DATA, partitioning.MODEL)
+  moments = state.opt_state.inner_state[0]
+  assert 'layers_2' in moments.v_row['decoder']
+  for step in range(len(batches)):
+    assert _max_abs_diff(plain[step], params) > 1e-3  # it moved
+    per_layer = network.unstack_layers(stacked[step], scanned)
+    diff = _max_abs_diff(per_layer, plain[step])
+    assert diff <= 1e-6, (step, diff)
+
+
 # -- learning-rate schedules --------------------------------------------------
 
 BASE, WARMUP, TOTAL = 0.01, 10, 50

@@ -17,6 +17,7 @@ default backend. It prints one `name: value` line each (docs/scaling.md).
 
 import copy
 import importlib.util
+import math
 import sys
 import time
 
@@ -28,6 +29,7 @@ from jax.experimental import topologies
 from dsbs_jax import checkpoints
 from dsbs_jax import data
 from dsbs_jax import gin_utils
+from dsbs_jax import network
 from dsbs_jax import partitioning
 from dsbs_jax import trainer as trainer_lib
 
@@ -48,6 +50,82 @@ HBM_SOURCE = 'Cloud TPU system architecture pages'
 FITS_FRACTION = 0.9
 # The exit status when libtpu is missing (as for configuration errors).
 NO_LIBTPU_STATUS = 2
+
+
+def shard_bytes(tree) -> int:
+  """Bytes one device holds of a tree of sharded abstract arrays."""
+  return sum(
+    math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+    for a in jax.tree.leaves(tree)
+  )
+
+
+def activation_bytes(
+  cfg: network.T5Config, rows: int, inputs: int, targets: int, model: int
+) -> int:
+  """Activations one device keeps for the backward pass, counted tensor by
+  tensor for T5's layers in the manner of Korthikanti et al. 2022 (arXiv
+  2205.05198, section 4): `rows` sequences of `inputs`/`targets` tokens per
+  device and microbatch, heads and MLP split over `model` chips.
+
+  `none` keeps each block's inputs, norms, projections, attention
+  probabilities (and dropout masks) and MLP activations; `minimal` keeps
+  each layer's input and the projection outputs, `full` each layer's input;
+  both then hold one layer's full set while it is recomputed. The logits and
+  their softmax are float32. XLA may fuse or recompute on its own, so the
+  compiler's figure can be lower.
+  """
+  act = jax.numpy.dtype(cfg.dtype).itemsize
+  drop = 1 if cfg.dropout_rate > 0 else 0  # one byte per dropout mask entry
+  d, heads = cfg.emb_dim, cfg.num_heads / model
+  kv, f = heads * cfg.head_dim, cfg.mlp_dim / model
+  n = len(cfg.mlp_activations)
+
+  def attention(sq, sk, kept):
+    projections = act * ((sq + 2 * sk) * kv + sq * d)
+    if kept == 'minimal':
+      return projections
+    return (
+      projections
+      + act * sq * (2 * d + kv)  # input, its norm; context
+      + (act * (1 + drop) + drop) * heads * sq * sk  # probabilities
+      + drop * sq * d
+    )
+
+  def mlp(s, kept):
+    projections = act * s * (n * f + d)
+    if kept == 'minimal':
+      return projections
+    return projections + act * s * (2 * d + n * f) + drop * s * (f + d)
+
+  def layers(kept):
+    encoder = attention(inputs, inputs, kept) + mlp(inputs, kept)
+    decoder = (
+      attention(targets, targets, kept)
+      + attention(targets, inputs, kept)
+      + mlp(targets, kept)
+    )
+    return encoder, decoder
+
+  encoder, decoder = layers('none')
+  policy = cfg.remat_policy
+  if policy == 'none':
+    kept = cfg.num_encoder_layers * encoder + cfg.num_decoder_layers * decoder
+  else:
+    inputs_kept = (
+      act
+      * d
+      * (cfg.num_encoder_layers * inputs + cfg.num_decoder_layers * targets)
+    )
+    extra = 0
+    if policy == 'minimal':
+      enc_min, dec_min = layers('minimal')
+      extra = (
+        cfg.num_encoder_layers * enc_min + cfg.num_decoder_layers * dec_min
+      )
+    kept = inputs_kept + extra + max(encoder, decoder)
+  logits = 2 * 4 * targets * cfg.vocab_size / model
+  return int(rows * (kept + logits))
 
 
 def compile_train_step(topology: str) -> None:
@@ -87,19 +165,7 @@ def compile_train_step(topology: str) -> None:
     )
     for name, shape in input_shapes.items()
   }
-  start = time.perf_counter()
-  compiled = trainer.lower_train_step(state, batch).compile()
-  seconds = time.perf_counter() - start
-
-  memory = compiled.memory_analysis()
-  used = (
-    memory.argument_size_in_bytes
-    + memory.output_size_in_bytes
-    - memory.alias_size_in_bytes
-    + memory.temp_size_in_bytes
-  )
   kind = devices[0].device_kind
-  hbm = HBM_BYTES.get(kind)
   mesh = partitioner.mesh.shape
   print(
     f'topology: {topology}, {len(devices)} x {kind}, mesh '
@@ -110,25 +176,76 @@ def compile_train_step(topology: str) -> None:
     f'{dict(dataset.task_feature_lengths)}, '
     f'{trainer.num_microbatches} microbatch(es), pack={dataset.pack}'
   )
-  print(f'compile_seconds: {seconds:.4g}')
-  print(
-    f'per_device_memory_bytes: {used} (arguments '
-    f'{memory.argument_size_in_bytes}, outputs {memory.output_size_in_bytes}'
-    f', aliased {memory.alias_size_in_bytes}, temporaries '
-    f'{memory.temp_size_in_bytes})'
+  start = time.perf_counter()
+  try:
+    compiled = trainer.lower_train_step(state, batch).compile()
+    refusal = None
+  except jax.errors.JaxRuntimeError as error:
+    # The TPU compiler refuses a program that cannot fit, naming the need.
+    if 'RESOURCE_EXHAUSTED' not in str(error):
+      raise
+    compiled = None
+    refusal = str(error).split('RESOURCE_EXHAUSTED: ', 1)[-1].splitlines()[0]
+  print(f'compile_seconds: {time.perf_counter() - start:.4g}')
+  print_memory(compiled, refusal, kind)
+
+  config = model.module.config
+  params = shard_bytes(state.params)
+  optimizer = shard_bytes(state.opt_state)
+  activations = activation_bytes(
+    config,
+    dataset.batch_size // (mesh['data'] * trainer.num_microbatches),
+    input_shapes['encoder_input_tokens'][1],
+    input_shapes['decoder_target_tokens'][1],
+    mesh['model'],
   )
+  print(
+    f'analytic_bytes_per_device: {2 * params + optimizer + activations} '
+    f'(parameters {params}, optimizer {optimizer}, gradients {params}, '
+    f'activations {activations})'
+  )
+  if compiled is not None:
+    flops = (compiled.cost_analysis() or {}).get('flops')
+    # XLA's cost analysis counts a loop body once, not once per iteration.
+    once = ' (each scanned stack: one layer)' if config.scan_layers else ''
+    print(
+      f'xla_flops_per_device: {flops:.4g}{once}' if flops else 'xla_flops: n/a'
+    )
+
+
+def print_memory(compiled, refusal: str | None, kind: str) -> None:
+  """The per-chip memory lines: XLA's analysis, or the compiler's refusal
+  of a program larger than HBM; the chip's HBM; whether it fits."""
+  hbm = HBM_BYTES.get(kind)
+  if compiled is None:
+    print(f'per_device_memory_bytes: n/a (the TPU compiler: {refusal})')
+  else:
+    memory = compiled.memory_analysis()
+    used = (
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      - memory.alias_size_in_bytes
+      + memory.temp_size_in_bytes
+    )
+    print(
+      f'per_device_memory_bytes: {used} (arguments '
+      f'{memory.argument_size_in_bytes}, outputs '
+      f'{memory.output_size_in_bytes}, aliased {memory.alias_size_in_bytes}'
+      f', temporaries {memory.temp_size_in_bytes})'
+    )
   if hbm is None:
     print(f'device_memory_bytes: n/a (no figure for {kind!r})')
-    print('fits: n/a')
-  else:
-    print(f'device_memory_bytes: {hbm} ({kind}, {HBM_SOURCE})')
-    share = used / hbm
-    print(
-      f'fits: {"yes" if share <= FITS_FRACTION else "no"} '
-      f'({share:.1%} of HBM; the bound is {FITS_FRACTION:.0%})'
-    )
-  flops = (compiled.cost_analysis() or {}).get('flops')
-  print(f'xla_flops_per_device: {flops:.4g}' if flops else 'xla_flops: n/a')
+    print('fits: no (more than HBM)' if compiled is None else 'fits: n/a')
+    return
+  print(f'device_memory_bytes: {hbm} ({kind}, {HBM_SOURCE})')
+  if compiled is None:
+    print('fits: no (more than HBM)')
+    return
+  share = used / hbm
+  print(
+    f'fits: {"yes" if share <= FITS_FRACTION else "no"} '
+    f'({share:.1%} of HBM; the bound is {FITS_FRACTION:.0%})'
+  )
 
 
 def main() -> None:

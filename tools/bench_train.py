@@ -247,6 +247,10 @@ def report(
   model_total = model_flops['encoder'] + model_flops['decoder']
   # Per device: the partitioned program is the same on every device.
   xla_flops = (timing.compiled.cost_analysis() or {}).get('flops')
+  xla_note = 'XLA cost analysis, all devices'
+  if config.scan_layers:
+    # XLA's cost analysis counts a loop body once, not once per iteration.
+    xla_flops, xla_note = None, 'scanned layers: XLA counts one per stack'
   if xla_flops is not None:
     xla_flops *= jax.device_count()
   if _MEASURE_PEAK.value:
@@ -291,7 +295,7 @@ def report(
     f'analytic: encoder {model_flops["encoder"]:.4g}, '
     f'decoder {model_flops["decoder"]:.4g}',
   )
-  _line('xla_flops_per_step', xla_flops, 'XLA cost analysis, all devices')
+  _line('xla_flops_per_step', xla_flops, xla_note)
   real_tokens = timing.example_lengths.sum(axis=0)
   _line(
     'input_slots_real_fraction',
