@@ -218,11 +218,11 @@ def test_remat_policies_change_no_value(tiny_config, activations, tied, policy):
     assert jax.tree.structure(grads) == jax.tree.structure(plain_grads)
 
 
+@pytest.mark.slow  # Two compiles of a forward and backward pass.
 @pytest.mark.parametrize(
-  'activations,tied', [(('gelu', 'linear'), False), (('relu',), True)]
+  'activations,tied,policy',
+  [(('gelu', 'linear'), False, 'none'), (('relu',), True, 'full')],
 )
-@pytest.mark.slow  # Four compiles of a forward and backward pass.
-@pytest.mark.parametrize('policy', ['none', 'full'])
 def test_scanned_layers_equal_t5x_layers(
   tiny_config, activations, tied, policy
 ):
