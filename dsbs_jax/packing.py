@@ -54,32 +54,44 @@ def pack_rows(
   capacity = np.asarray(capacity, np.int64)
   stream = iter(examples)
   pending: list[Example] = []
-  pending_sizes: list[np.ndarray] = []
+  # The sizes of `pending`, one row each: one array, not one per example,
+  # so that choosing is a few numpy calls per placement.
+  pending_sizes = np.zeros((0, len(capacity)), np.int64)
 
   def refill() -> None:
+    nonlocal pending_sizes
+    new = []
     for example in itertools.islice(stream, window - len(pending)):
       size = np.asarray(sizes(example), np.int64)
       if np.any(size > capacity):
         raise ValueError(f'Example sizes {size} exceed the row {capacity}.')
       pending.append(example)
-      pending_sizes.append(size)
+      new.append(size)
+    if new:
+      pending_sizes = np.concatenate([pending_sizes, np.stack(new)])
+
+  def take(i: int) -> tuple[Example, np.ndarray]:
+    nonlocal pending_sizes
+    size = pending_sizes[i]
+    pending_sizes = np.delete(pending_sizes, i, axis=0)
+    return pending.pop(i), size
 
   refill()
   while pending:
-    row = [pending.pop(0)]
-    used = pending_sizes.pop(0)
+    first, used = take(0)
+    row = [first]
     refill()
     while pending:
-      candidates = np.stack(pending_sizes) + used
+      candidates = pending_sizes + used
       fits = np.all(candidates <= capacity, axis=1)
       if not fits.any():
         break
       fill = candidates / capacity
       # Fullest least-filled feature; then the most tokens; then the oldest.
       score = np.where(fits, fill.min(axis=1) + 1e-6 * fill.sum(axis=1), -1)
-      best = int(np.argmax(score))
-      row.append(pending.pop(best))
-      used = used + pending_sizes.pop(best)
+      example, size = take(int(np.argmax(score)))
+      row.append(example)
+      used = used + size
       refill()
     yield row
 
@@ -106,8 +118,13 @@ def pack_dataset(
     sizes = {f'{key}_length': tf.size(value) for key, value in features.items()}
     return {**features, **sizes}
 
+  # Without tf.data's autotuning here and downstream: deleting the iterators
+  # (one runs inside the other) waited out the autotuner's sleep, up to 18 s
+  # at the end of the main job, against 10-50 ms without it.
+  no_autotune = tf.data.Options()
+  no_autotune.autotune.enabled = False
   trimmed = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
-  reads = trimmed.padded_batch(
+  reads = trimmed.with_options(no_autotune).padded_batch(
     max(capacity),
     padded_shapes={
       **{key: [None] for key in keys},
@@ -153,6 +170,7 @@ def pack_dataset(
     for key, length in feature_lengths.items()
     for suffix in ('', '_positions', '_segment_ids')
   }
-  return tf.data.Dataset.from_generator(
+  packed_rows = tf.data.Dataset.from_generator(
     row_groups, output_signature=signature
-  ).unbatch()
+  )
+  return packed_rows.unbatch().with_options(no_autotune)

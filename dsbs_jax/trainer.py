@@ -340,8 +340,13 @@ class Trainer:
     learning_rate = current_learning_rate(opt_state)
     if learning_rate is not None:
       metrics['learning_rate'] = models.Sum(learning_rate)
-    params, opt_state = optax.tree.where(
-      finite, (params, opt_state), (state.params, state.opt_state)
+    # A conditional, not a select per array (optax.tree.where): XLA fused
+    # `finite`, an AND over every array, into each array's select, which
+    # doubled the main job's compile time (10 s against 6).
+    params, opt_state = jax.lax.cond(
+      finite,
+      lambda: (params, opt_state),
+      lambda: (state.params, state.opt_state),
     )
     return TrainState(
       step=state.step + 1, params=params, opt_state=opt_state
