@@ -16,10 +16,13 @@ import optax
 import pytest
 import seqio
 
+from dsbs_jax import data
+from dsbs_jax import gin_utils
 from dsbs_jax import losses
 from dsbs_jax import models
 from dsbs_jax import network
 from dsbs_jax import partitioning
+from dsbs_jax import train
 from dsbs_jax import trainer as trainer_lib
 
 # Sharded dims divide by 4: vocab 64, mlp 32, heads 4, joined_kv 4 * 4 = 16.
@@ -605,3 +608,22 @@ def test_train_step_metrics(kind, num_microbatches, initial_params, sgd_run):
     )
     assert metrics['label_tokens'] == sum(n for _, n, t in ROWS if t == 1)
     assert metrics['rationale_tokens'] == sum(n for _, n, t in ROWS if t == 2)
+
+
+def test_rows_the_data_shards_cannot_split_stop_the_run_before_any_work(
+  tmp_path,
+):
+  """In this process the 8 simulated devices form the data axis; the check
+  comes before the model, the state or the pipeline is touched."""
+  dataset = data.DatasetConfig('never_read', {'inputs': 8}, batch_size=12)
+  with pytest.raises(gin_utils.GinConfigError) as error:
+    train.train(
+      model=None,
+      train_dataset=dataset,
+      model_dir=str(tmp_path),
+      train_steps=1,
+      partitioner=partitioning.Partitioner(),
+    )
+  message = str(error.value)
+  assert 'BATCH_SIZE=12' in message and '8 data shards' in message
+  assert '--gin.BATCH_SIZE=8 or --gin.BATCH_SIZE=16' in message
