@@ -120,7 +120,7 @@ def pack_dataset(
 
   # Without tf.data's autotuning here and downstream: deleting the iterators
   # (one runs inside the other) waited out the autotuner's sleep, up to 18 s
-  # at the end of the main job, against 10-50 ms without it.
+  # at the end of the main job, against 10-60 ms without it.
   no_autotune = tf.data.Options()
   no_autotune.autotune.enabled = False
   trimmed = dataset.map(trim, num_parallel_calls=tf.data.AUTOTUNE)
