@@ -70,11 +70,7 @@ class Predictor:
     decoder_params: dict[str, Any] | None = None,
     seed: int = 0,
   ):
-    if batch_size % partitioner.data_parallel_size:
-      raise ValueError(
-        f'Batch size {batch_size} is not divisible by the '
-        f'{partitioner.data_parallel_size} data shards.'
-      )
+    partitioner.check_batch_size(batch_size)
     self.model = model
     self.partitioner = partitioner
     self.batch_size = batch_size

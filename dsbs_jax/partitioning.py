@@ -140,6 +140,23 @@ class Partitioner:
   def data_parallel_size(self) -> int:
     return self.mesh.shape[DATA]
 
+  def check_batch_size(self, batch_size: int) -> None:
+    """ValueError, naming the nearest multiples, unless `batch_size` rows
+    split evenly over the data shards (jax says so only when the first
+    batch is sharded)."""
+    shards = self.data_parallel_size
+    if batch_size % shards == 0:
+      return
+    below = batch_size // shards * shards
+    choices = [n for n in (below, below + shards) if n > 0]
+    raise ValueError(
+      f'BATCH_SIZE={batch_size} rows a step cannot be split over the '
+      f'{shards} data shards of the mesh {dict(self.mesh.shape)}; use a '
+      f'multiple of {shards}, e.g. '
+      + ' or '.join(f'--gin.BATCH_SIZE={n}' for n in choices)
+      + '.'
+    )
+
   def sharding(self, spec: P) -> NamedSharding:
     return NamedSharding(self.mesh, spec)
 

@@ -76,7 +76,10 @@ def train(
   if debug_nans:
     jax.config.update('jax_debug_nans', True)
   partitioner = partitioner or partitioning.Partitioner()
-  _check_batch_size(train_dataset.batch_size, partitioner)
+  try:  # Before any work, rather than at the first step.
+    partitioner.check_batch_size(train_dataset.batch_size)
+  except ValueError as e:
+    raise gin_utils.GinConfigError(str(e)) from e
   trainer = trainer_cls(model=model, partitioner=partitioner)
   converter = model.FEATURE_CONVERTER_CLS(pack=train_dataset.pack)
   input_shapes = data.model_input_shapes(train_dataset, converter)
@@ -337,25 +340,6 @@ def _ensure_writable_dir(path: str) -> None:
       f'MODEL_DIR {path!r} cannot be written ({e.strerror}); choose another '
       'with --gin.MODEL_DIR=...'
     ) from e
-
-
-def _check_batch_size(
-  batch_size: int, partitioner: partitioning.Partitioner
-) -> None:
-  """Fails before any work when the rows of a step cannot be split evenly
-  over the mesh's data shards (jax would only say so at the first step)."""
-  shards = partitioner.data_parallel_size
-  if batch_size % shards == 0:
-    return
-  below = batch_size // shards * shards
-  choices = [n for n in (below, below + shards) if n > 0]
-  raise gin_utils.GinConfigError(
-    f'BATCH_SIZE={batch_size} rows a step cannot be split over the '
-    f'{shards} data shards of the mesh {dict(partitioner.mesh.shape)}; use '
-    f'a multiple of {shards}, e.g. '
-    + ' or '.join(f'--gin.BATCH_SIZE={n}' for n in choices)
-    + '.'
-  )
 
 
 def _write_config(model_dir: str) -> None:
