@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import test_binaries
 
-# End to end: README's main job, about two minutes on a CPU.
+# End to end: README's main job, about 75 seconds on a CPU.
 pytestmark = pytest.mark.slow
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
