@@ -12,6 +12,7 @@ import itertools
 import flax
 import jax
 import jax.numpy as jnp
+import numerics
 import numpy as np
 import pytest
 
@@ -268,9 +269,7 @@ def test_greedy_equals_stepwise_argmax():
   assert decodes.shape == (batch, 1, length) and log_probs.shape == (batch, 1)
   expected = [ref_greedy(model, b, [0] * length) for b in range(batch)]
   np.testing.assert_array_equal(decodes[:, 0], [e[0] for e in expected])
-  np.testing.assert_allclose(
-    log_probs[:, 0], [e[1] for e in expected], rtol=1e-5, atol=1e-6
-  )
+  numerics.assert_close(log_probs[:, 0], [e[1] for e in expected])
   # Not vacuous: some row stops early, and stopped rows are zero-padded.
   assert any(EOS in e[0][:-1] for e in expected)
   assert all(first_eos_zero_padded(d) for d in np.asarray(decodes[:, 0]))
@@ -304,9 +303,7 @@ def test_greedy_forces_prompt_and_respects_max_decode_steps():
       ref_greedy(model, b, prompts[b], max_steps) for b in range(batch)
     ]
     np.testing.assert_array_equal(decodes[:, 0], [e[0] for e in expected])
-    np.testing.assert_allclose(
-      log_probs[:, 0], [e[1] for e in expected], rtol=1e-5, atol=1e-6
-    )
+    numerics.assert_close(log_probs[:, 0], [e[1] for e in expected])
   # Prompt tokens are kept; max_decode_steps=2 leaves at most 2 generated.
   np.testing.assert_array_equal(decodes[1, 0, :3], [3, 5, 2])
   assert (
@@ -431,12 +428,8 @@ def test_sampling_is_deterministic_and_stays_in_the_mask(mask):
         raw += log_softmax(logits)[tokens[t]]
         if tokens[t] == EOS:
           break
-      np.testing.assert_allclose(
-        log_probs[b, d], rescaled, rtol=1e-5, atol=1e-6
-      )
-      np.testing.assert_allclose(
-        raw_by_decode[b][tuple(tokens)], raw, rtol=1e-5, atol=1e-6
-      )
+      numerics.assert_close(log_probs[b, d], rescaled)
+      numerics.assert_close(raw_by_decode[b][tuple(tokens)], raw)
 
 
 def test_topk_and_topp_together_are_rejected():
@@ -482,7 +475,7 @@ def test_beam_search_equals_exhaustive_search(prefix, beams, alpha):
       model, b, length, beams, alpha, prefix
     )
     np.testing.assert_array_equal(decodes[b], expected_tokens)
-    np.testing.assert_allclose(scores[b], expected_scores, rtol=1e-5, atol=1e-6)
+    numerics.assert_close(scores[b], expected_scores)
 
 
 def test_beam_search_terminates_early_without_changing_the_result():
@@ -503,7 +496,7 @@ def test_beam_search_terminates_early_without_changing_the_result():
       model, b, length, beams, 0.6
     )
     np.testing.assert_array_equal(decodes[b], expected_tokens)
-    np.testing.assert_allclose(scores[b], expected_scores, rtol=1e-5, atol=1e-6)
+    numerics.assert_close(scores[b], expected_scores)
 
 
 def test_beam_search_with_one_beam_equals_greedy():
@@ -534,7 +527,7 @@ def test_beam_search_with_one_beam_equals_greedy():
   expected = [
     greedy_log_probs[b, 0] / penalty(0.6, lengths[b]) for b in range(batch)
   ]
-  np.testing.assert_allclose(scores[:, 0], expected, rtol=1e-5, atol=1e-6)
+  numerics.assert_close(scores[:, 0], expected)
 
 
 def test_beam_search_scores_match_their_sequences_when_pruning():
@@ -557,7 +550,7 @@ def test_beam_search_scores_match_their_sequences_when_pruning():
       assert EOS in tokens and first_eos_zero_padded(decodes[b, d])
       n = tokens.index(EOS) + 1
       expected = sequence_log_prob(model, b, tokens) / penalty(alpha, n)
-      np.testing.assert_allclose(scores[b, d], expected, rtol=1e-5, atol=1e-6)
+      numerics.assert_close(scores[b, d], expected)
 
 
 def test_beam_search_returns_live_beams_when_nothing_finishes():
@@ -583,6 +576,4 @@ def test_beam_search_returns_live_beams_when_nothing_finishes():
       )
     )[-beams:]
     np.testing.assert_array_equal(decodes[b], [o[1] for o in options])
-    np.testing.assert_allclose(
-      scores[b], [o[0] for o in options], rtol=1e-5, atol=1e-6
-    )
+    numerics.assert_close(scores[b], [o[0] for o in options])

@@ -2,6 +2,7 @@
 
 import functools
 
+import numerics
 import numpy as np
 import pytest
 import seqio
@@ -108,7 +109,7 @@ def test_cached_step_logits_equal_full_forward(tiny_config, reference_params):
     logits, cache = model._compute_logits_from_slice(
       state, reference_params, encoded, encoder_tokens, targets.shape[1]
     )
-    np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
+    numerics.assert_close(logits, full[:, t], what='logits')
 
 
 def test_score_batch_is_the_negative_summed_cross_entropy(
@@ -132,9 +133,7 @@ def test_score_batch_is_the_negative_summed_cross_entropy(
   )
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
-  np.testing.assert_allclose(
-    scores, (picked * (targets > 0)).sum(-1), rtol=1e-5
-  )
+  numerics.assert_close(scores, (picked * (targets > 0)).sum(-1), what='scores')
   assert np.all(scores < 0)
 
 
@@ -151,8 +150,8 @@ def test_label_smoothing_and_z_loss_follow_t5x_definitions():
   np.put_along_axis(soft, targets[..., None], 0.9, -1)
   entropy = -(0.9 * np.log(0.9) + 6 * (0.1 / 6) * np.log(0.1 / 6))
   want = -(soft * log_p).sum(-1) + 1e-4 * log_z**2 - entropy
-  np.testing.assert_allclose(loss, want, rtol=1e-5)
-  np.testing.assert_allclose(z, 1e-4 * log_z**2, rtol=1e-5)
+  numerics.assert_close(loss, want, what='loss')
+  numerics.assert_close(z, 1e-4 * log_z**2, what='z-loss')
   # A perfect, confident smoothed prediction costs (almost) nothing.
   perfect = np.log(soft[:1, :1])
   zero, _ = losses.token_cross_entropy(perfect, targets[:1, :1], 0.1)

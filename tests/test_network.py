@@ -5,6 +5,7 @@ import functools
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
+import numerics
 import numpy as np
 import pytest
 
@@ -87,7 +88,7 @@ def test_packed_equals_unpacked(tiny_config, activations, tied):
   offset = 0
   for i, (_, targets) in enumerate(examples):
     got = packed_logits[offset : offset + len(targets)]
-    np.testing.assert_allclose(got, reference[i, : len(targets)], atol=1e-5)
+    numerics.assert_close(got, reference[i, : len(targets)], what='logits')
     offset += len(targets)
 
 
@@ -105,7 +106,7 @@ def test_mixed_lengths_match_single_examples(tiny_config):
   for i, (inputs, targets) in enumerate(examples):
     alone = _batch([(inputs, targets)], len(inputs), len(targets))
     single = module.apply({'params': params}, **alone, enable_dropout=False)
-    np.testing.assert_allclose(batched[i, : len(targets)], single[0], atol=1e-5)
+    numerics.assert_close(batched[i, : len(targets)], single[0], what='logits')
 
 
 def test_dropout_is_random_only_when_enabled(tiny_config):
@@ -169,7 +170,7 @@ def test_bfloat16_computation_keeps_float32_params(tiny_config):
   )
   # Output projection stays in float32, as in t5x; values agree roughly.
   assert logits_bf16.dtype == jnp.float32
-  np.testing.assert_allclose(logits_bf16, logits_f32, atol=0.2)
+  numerics.assert_close(logits_bf16, logits_f32, numerics.BFLOAT16, 'logits')
 
 
 @pytest.mark.parametrize(
@@ -211,11 +212,9 @@ def test_remat_policies_change_no_value(tiny_config, activations, tied, policy):
     ]
     (plain_loss, plain_logits), plain_grads = results[0]
     (loss, logits), grads = results[1]
-    np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
-    np.testing.assert_allclose(logits, plain_logits, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
-      np.testing.assert_allclose(a, b, atol=1e-6)
-    assert jax.tree.structure(grads) == jax.tree.structure(plain_grads)
+    numerics.assert_close(loss, plain_loss, what='loss')
+    numerics.assert_close(logits, plain_logits, what='logits')
+    numerics.assert_trees_close(grads, plain_grads, what='gradients')
 
 
 @pytest.mark.slow  # Two compiles of a forward and backward pass.
@@ -265,12 +264,10 @@ def test_scanned_layers_equal_t5x_layers(
 
   (plain_loss, plain_logits), plain_grads = run(config, params)
   (loss, logits), grads = run(scanned, stacked)
-  np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
-  np.testing.assert_allclose(logits, plain_logits, atol=1e-6, rtol=1e-6)
+  numerics.assert_close(loss, plain_loss, what='loss')
+  numerics.assert_close(logits, plain_logits, what='logits')
   grads = network.unstack_layers(grads, scanned)
-  assert jax.tree.structure(grads) == jax.tree.structure(plain_grads)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads)):
-    np.testing.assert_allclose(a, b, atol=1e-6)
+  numerics.assert_trees_close(grads, plain_grads, what='gradients')
 
 
 def test_unknown_remat_policy_is_named(tiny_config):

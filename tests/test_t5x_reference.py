@@ -9,6 +9,7 @@ import functools
 
 from conftest import T5X_TINY_DIR
 from conftest import reference_batch
+import numerics
 import numpy as np
 import pytest
 import seqio
@@ -46,7 +47,9 @@ def test_both_checkpoint_formats_give_the_expected_logits(config, expected):
       {'params': params}, **reference_batch(expected), enable_dropout=False
     )
     # All positions, padding included: our masking is t5x's.
-    np.testing.assert_allclose(logits, expected['logits'], atol=1e-4, rtol=0)
+    numerics.assert_close(
+      logits, expected['logits'], numerics.OTHER_LIBRARY, what='logits'
+    )
 
 
 def test_loss_matches_t5x(config, expected, params):
@@ -55,7 +58,7 @@ def test_loss_matches_t5x(config, expected, params):
     np.float32
   )
   loss, metrics = _model(config).loss_fn(params, batch, dropout_rng=None)
-  np.testing.assert_allclose(loss, expected['loss'], rtol=1e-5)
+  numerics.assert_close(loss, expected['loss'], numerics.OTHER_LIBRARY, 'loss')
   assert (
     metrics['target_tokens'].compute() == batch['decoder_loss_weights'].sum()
   )
@@ -75,13 +78,13 @@ def test_beam_search_matches_t5x(config, expected, params):
   batch = reference_batch(expected)
   best, aux = model.predict_batch_with_aux(params, batch, num_decodes=4)
   np.testing.assert_array_equal(best, expected['beam_decodes'])
-  np.testing.assert_allclose(
-    aux['scores'], expected['beam_scores'], rtol=1e-5, atol=1e-5
+  numerics.assert_close(
+    aux['scores'], expected['beam_scores'], numerics.OTHER_LIBRARY, 'scores'
   )
   beams, aux = model.predict_batch_with_aux(
     params, batch, num_decodes=4, return_all_decodes=True
   )
   np.testing.assert_array_equal(beams, expected['all_beam_decodes'])
-  np.testing.assert_allclose(
-    aux['scores'], expected['all_beam_scores'], rtol=1e-5, atol=1e-5
+  numerics.assert_close(
+    aux['scores'], expected['all_beam_scores'], numerics.OTHER_LIBRARY, 'scores'
   )
