@@ -1,23 +1,29 @@
-"""Pure loss functions shared by our models and the real-t5x model subclass.
+"""Loss functions shared by our models and the real-t5x model subclass.
 
 Token cross-entropy follows t5x (`t5x.losses`): optional label smoothing
 (reported relative to the smoothed target's entropy, so a perfect prediction
 scores 0) and z-loss `z_loss * logsumexp(logits)**2`.
 
-The distilling step-by-step loss (DESIGN.md §1) is
+The distilling step-by-step loss (docs/design.md, "The loss") is
 `alpha * L_label + (1 - alpha) * L_rationale`, each term the token mean over
 that task's target tokens in the *global* batch; when one task has no tokens
 there, the loss is the other's mean loss (`task_weights`). Callers that split
 a batch (microbatches, data-parallel shards) pass the global token counts as
 `normalizers`, so summing the pieces' losses gives the global loss exactly.
+`DistillStepByStepLoss` holds alpha, that reduction and the metrics it
+reports; both model classes use it.
 """
 
+from collections.abc import Callable
 from collections.abc import Mapping
+import dataclasses
 from typing import NamedTuple
 
+from clu import metrics as clu_metrics
 import jax
 import jax.numpy as jnp
 
+from dsbs_jax import metrics as metrics_lib
 from dsbs_jax import two_tasks
 
 Array = jax.Array
@@ -103,8 +109,8 @@ def weighted_cross_entropy(
 def task_token_counts(weights: Array, task_ids: Array) -> dict[str, Array]:
   """Weighted target-token count of each task: the per-task normalizers."""
   return {
-    'label': jnp.sum(weights * (task_ids == two_tasks.LABEL_TASK)),
-    'rationale': jnp.sum(weights * (task_ids == two_tasks.RATIONALE_TASK)),
+    name: jnp.sum(weights * (task_ids == task))
+    for task, name in two_tasks.TASK_NAMES.items()
   }
 
 
@@ -132,33 +138,6 @@ def task_weights(alpha: float, counts: Mapping[str, Array]) -> dict[str, Array]:
   return {name: weight * scale for name, weight in weights.items()}
 
 
-def distill_step_by_step_loss(
-  token_loss: Array,
-  weights: Array,
-  task_ids: Array,
-  alpha: float,
-  counts: Mapping[str, Array],
-) -> Array:
-  """`alpha * L_label + (1 - alpha) * L_rationale`.
-
-  `counts` are the global per-task token counts (`task_token_counts` over the
-  whole batch). A task absent from the batch has term 0, and the present
-  task's loss is weighted 1 (`task_weights`).
-  """
-  terms = {}
-  for name, task in (
-    ('label', two_tasks.LABEL_TASK),
-    ('rationale', two_tasks.RATIONALE_TASK),
-  ):
-    task_sum = jnp.sum(token_loss * weights * (task_ids == task))
-    terms[name] = task_sum / jnp.maximum(counts[name], 1.0)
-  task_weight = task_weights(alpha, counts)
-  return (
-    task_weight['label'] * terms['label']
-    + task_weight['rationale'] * terms['rationale']
-  )
-
-
 def task_metric_sums(
   logits: Array,
   targets: Array,
@@ -171,14 +150,17 @@ def task_metric_sums(
   Totals and counts add up across microbatches and shards, so any metric
   type built from them (clu `Average`) merges exactly.
   """
-  label = weights * (task_ids == two_tasks.LABEL_TASK)
-  rationale = weights * (task_ids == two_tasks.RATIONALE_TASK)
   correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return {
-    'label_loss': (jnp.sum(token_loss * label), jnp.sum(label)),
-    'rationale_loss': (jnp.sum(token_loss * rationale), jnp.sum(rationale)),
-    'label_accuracy': (jnp.sum(correct * label), jnp.sum(label)),
-  }
+  sums = {}
+  for task, name in two_tasks.TASK_NAMES.items():
+    task_weight = weights * (task_ids == task)
+    sums[f'{name}_loss'] = (
+      jnp.sum(token_loss * task_weight),
+      jnp.sum(task_weight),
+    )
+  label = weights * (task_ids == two_tasks.LABEL_TASK)
+  sums['label_accuracy'] = (jnp.sum(correct * label), jnp.sum(label))
+  return sums
 
 
 class TwoTaskLoss(NamedTuple):
@@ -191,35 +173,77 @@ class TwoTaskLoss(NamedTuple):
   metric_sums: dict[str, tuple[Array, Array]]  # see task_metric_sums
 
 
-def distill_step_by_step_from_logits(
-  logits: Array,
-  batch: Mapping[str, Array],
-  alpha: float,
-  counts: Mapping[str, Array] | None = None,
-  label_smoothing: float = 0.0,
-  z_loss: float = 0.0,
-) -> TwoTaskLoss:
-  """The two-task loss of a batch with `decoder_task_ids`, from its logits.
+@dataclasses.dataclass(frozen=True)
+class DistillStepByStepLoss:
+  """`alpha * L_label + (1 - alpha) * L_rationale`, its reduction and metrics.
 
-  `counts` are the global per-task token counts; by default the batch's own.
-  Shared by our model and the real-t5x model subclass.
+  The one definition that both model classes hold (`models` and
+  `t5x_models.DistillStepByStepModel`, gin: `loss =
+  @losses.DistillStepByStepLoss()`). Each term is the token mean over that
+  task's target tokens in the *global* batch: `normalizers` are the global
+  per-task token counts, which a trainer that splits the batch computes once
+  and passes to every piece. A task absent from the batch has term 0, and
+  the present task's loss is weighted 1 (`task_weights`). Another weighting
+  of the two means is a subclass that overrides `task_weights`.
   """
-  targets = batch['decoder_target_tokens']
-  weights = loss_weights(batch)
-  task_ids = batch['decoder_task_ids']
-  if counts is None:
-    counts = task_token_counts(weights, task_ids)
-  token_loss, token_z_loss = token_cross_entropy(
-    logits, targets, label_smoothing, z_loss
-  )
-  loss = distill_step_by_step_loss(token_loss, weights, task_ids, alpha, counts)
-  z_share = distill_step_by_step_loss(
-    token_z_loss, weights, task_ids, alpha, counts
-  )
-  return TwoTaskLoss(
-    loss,
-    z_share,
-    token_loss,
-    token_z_loss,
-    task_metric_sums(logits, targets, token_loss, weights, task_ids),
-  )
+
+  alpha: float = 0.5
+
+  def normalizers(self, batch: Mapping[str, Array]) -> dict[str, Array]:
+    """The per-task token counts of `batch`: pass the global batch's."""
+    return task_token_counts(loss_weights(batch), batch['decoder_task_ids'])
+
+  def task_weights(self, counts: Mapping[str, Array]) -> dict[str, Array]:
+    """The weight of each task's mean loss, from the global token counts."""
+    return task_weights(self.alpha, counts)
+
+  def _weighted_means(self, token_values, weights, task_ids, counts) -> Array:
+    task_weight = self.task_weights(counts)
+    total = 0.0
+    for task, name in two_tasks.TASK_NAMES.items():
+      task_sum = jnp.sum(token_values * weights * (task_ids == task))
+      total += task_weight[name] * task_sum / jnp.maximum(counts[name], 1.0)
+    return total
+
+  def __call__(
+    self,
+    logits: Array,
+    batch: Mapping[str, Array],
+    normalizers: Mapping[str, Array] | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+  ) -> TwoTaskLoss:
+    """The loss of a batch with `decoder_task_ids`, from its logits;
+    `normalizers` default to the batch's own token counts."""
+    targets = batch['decoder_target_tokens']
+    weights = loss_weights(batch)
+    task_ids = batch['decoder_task_ids']
+    if normalizers is None:
+      normalizers = self.normalizers(batch)
+    token_loss, token_z_loss = token_cross_entropy(
+      logits, targets, label_smoothing, z_loss
+    )
+    return TwoTaskLoss(
+      self._weighted_means(token_loss, weights, task_ids, normalizers),
+      self._weighted_means(token_z_loss, weights, task_ids, normalizers),
+      token_loss,
+      token_z_loss,
+      task_metric_sums(logits, targets, token_loss, weights, task_ids),
+    )
+
+  def metrics(
+    self,
+    out: TwoTaskLoss,
+    tokens_metric: Callable[[Array], clu_metrics.Metric] = metrics_lib.Sum,
+  ) -> dict[str, clu_metrics.Metric]:
+    """Each task's means (`metrics.TaskAverage`: reported only when the task
+    had tokens) and token count (`<task>_tokens`, as `tokens_metric`)."""
+    metrics = {
+      name: metrics_lib.TaskAverage(total=total, count=count)
+      for name, (total, count) in out.metric_sums.items()
+    }
+    for name in two_tasks.TASK_NAMES.values():
+      metrics[f'{name}_tokens'] = tokens_metric(
+        out.metric_sums[f'{name}_loss'][1]
+      )
+    return metrics

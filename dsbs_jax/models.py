@@ -2,7 +2,7 @@
 
 `EncoderDecoderModel` mirrors `t5x.models.EncoderDecoderModel` (same method
 names and arguments) around our `network.Transformer`. `DistillStepByStepModel`
-replaces the loss with the two-task loss of DESIGN.md §1.
+replaces the loss with the two-task loss (`losses.DistillStepByStepLoss`).
 
 Losses may be normalised by quantities of the *global* batch. `loss_fn` takes
 them as `normalizers` (default: computed from the batch it is given); a trainer
@@ -16,94 +16,20 @@ from collections.abc import Mapping
 import functools
 from typing import Any
 
-from clu import metrics as clu_metrics
-import flax
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import seqio
 
 from dsbs_jax import decoding
 from dsbs_jax import losses
+from dsbs_jax import metrics as metrics_lib
 from dsbs_jax import two_tasks
 
 Array = jax.Array
 Batch = Mapping[str, Array]
-Metrics = dict[str, clu_metrics.Metric]
-
-
-@flax.struct.dataclass
-class Sum(clu_metrics.Metric):
-  """A total that adds up across microbatches (clu has no such metric)."""
-
-  total: Array
-
-  def merge(self, other: 'Sum') -> 'Sum':
-    return type(self)(self.total + other.total)
-
-  def compute(self) -> Array:
-    return self.total
-
-
-@flax.struct.dataclass
-class TaskAverage(clu_metrics.Average):
-  """A mean over one task's target tokens (`label_loss`, `rationale_loss`,
-  `label_accuracy`), reported only when that task had tokens.
-
-  A batch, or all the batches behind one summary, may hold no tokens of a
-  task: validation and test splits hold label examples only, and finetune and
-  distill runs train on the label task alone. The mean over no tokens is
-  undefined, and any number put in its place misleads: clu's `Average` gives
-  NaN (and a warning), which reads as divergence and breaks dashboards and
-  alerts; 0 would read as a perfect loss. So such a metric is left out of
-  what is reported (`reported_metrics`): our trainer's `compute_metrics` and,
-  for t5x's summaries, `dsbs_jax.t5x_models.trainer_reporting_present_tasks`
-  go through it. The task's token count (`label_tokens`, `rationale_tokens`)
-  is always reported, so a 0 there says why a mean is missing. `compute()`
-  itself is clu's: NaN for an empty count.
-  """
-
-  def has_tokens(self) -> bool:
-    """Whether the count is positive (needs host values, or syncs)."""
-    return bool(np.all(np.asarray(jax.device_get(self.count)) > 0))
-
-
-def reported_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-  """`metrics` without the `TaskAverage`s of tasks that had no tokens."""
-  return {
-    name: metric
-    for name, metric in metrics.items()
-    if not isinstance(metric, TaskAverage) or metric.has_tokens()
-  }
-
-
-def _mean(values: Array, weights: Array) -> clu_metrics.Average:
-  """A weighted mean that merges exactly across microbatches."""
-  return clu_metrics.Average(
-    total=jnp.sum(values * weights), count=jnp.sum(weights)
-  )
-
-
-def token_metrics(
-  logits: Array,
-  targets: Array,
-  weights: Array,
-  token_loss: Array,
-  z_part: Array,
-) -> Metrics:
-  """Per-token accuracy and losses, and padding statistics."""
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  return {
-    'accuracy': _mean(correct, weights),
-    'cross_ent_loss_per_token': _mean(token_loss - z_part, weights),
-    'z_loss_per_token': _mean(z_part, weights),
-    'nonpadding_fraction': _mean(
-      (targets > 0).astype(jnp.float32), jnp.ones_like(weights)
-    ),
-    'target_tokens': Sum(jnp.sum(weights)),
-  }
+Metrics = metrics_lib.Metrics
 
 
 class EncoderDecoderModel:
@@ -200,7 +126,9 @@ class EncoderDecoderModel:
     token_loss, z_part = losses.token_cross_entropy(
       logits, targets, self._label_smoothing, self._z_loss
     )
-    return loss, token_metrics(logits, targets, weights, token_loss, z_part)
+    return loss, metrics_lib.token_metrics(
+      logits, targets, weights, token_loss, z_part
+    )
 
   def eval_fn(self, params, batch: Batch) -> tuple[Array, Metrics]:
     return self.loss_fn(params, batch, dropout_rng=None)
@@ -318,25 +246,28 @@ class DistillStepByStepModel(EncoderDecoderModel):
   """Encoder-decoder trained on label and rationale tasks with shared weights.
 
   Needs the batch feature `decoder_task_ids` (1 label, 2 rationale, 0 padding)
-  that FEATURE_CONVERTER_CLS adds. The loss is
-  `alpha * L_label + (1 - alpha) * L_rationale` with per-task token means
-  over the global batch (DESIGN.md §1); `alpha = 1` trains the label task
-  alone (standard finetuning or distillation). Where one task has no tokens
-  in the global batch (a label-only validation batch) the loss is the other
-  task's mean loss (`losses.task_weights`), and the absent task's means are
-  not reported (`TaskAverage`).
+  that FEATURE_CONVERTER_CLS adds. The loss is `loss`
+  (`losses.DistillStepByStepLoss`: `alpha * L_label + (1 - alpha) *
+  L_rationale` with per-task token means over the global batch); `alpha = 1`
+  trains the label task alone (standard finetuning or distillation). Where
+  one task has no tokens in the global batch (a label-only validation batch)
+  the loss is the other task's mean loss, and the absent task's means are not
+  reported (`metrics.TaskAverage`).
   """
 
   FEATURE_CONVERTER_CLS = two_tasks.DistillStepByStepFeatureConverter
 
-  def __init__(self, *args, alpha: float = 0.5, **kwargs):
+  def __init__(
+    self,
+    *args,
+    loss: losses.DistillStepByStepLoss | None = None,
+    **kwargs,
+  ):
     super().__init__(*args, **kwargs)
-    self.alpha = alpha
+    self.loss = loss or losses.DistillStepByStepLoss()
 
   def loss_normalizers(self, batch: Batch) -> dict[str, Array]:
-    return losses.task_token_counts(
-      losses.loss_weights(batch), batch['decoder_task_ids']
-    )
+    return self.loss.normalizers(batch)
 
   def loss_fn(
     self,
@@ -345,30 +276,16 @@ class DistillStepByStepModel(EncoderDecoderModel):
     dropout_rng: Array | None,
     normalizers: Mapping[str, Array] | None = None,
   ) -> tuple[Array, Metrics]:
-    if normalizers is None:
-      normalizers = self.loss_normalizers(batch)
     logits = self._compute_logits(params, batch, dropout_rng)
-    out = losses.distill_step_by_step_from_logits(
-      logits,
-      batch,
-      self.alpha,
-      normalizers,
-      self._label_smoothing,
-      self._z_loss,
+    out = self.loss(
+      logits, batch, normalizers, self._label_smoothing, self._z_loss
     )
-    metrics = token_metrics(
+    metrics = metrics_lib.token_metrics(
       logits,
       batch['decoder_target_tokens'],
       losses.loss_weights(batch),
       out.token_loss,
       out.token_z_loss,
     )
-    metrics.update(
-      {
-        name: TaskAverage(total=total, count=count)
-        for name, (total, count) in out.metric_sums.items()
-      }
-    )
-    metrics['label_tokens'] = Sum(out.metric_sums['label_loss'][1])
-    metrics['rationale_tokens'] = Sum(out.metric_sums['rationale_loss'][1])
+    metrics.update(self.loss.metrics(out))
     return out.loss, metrics

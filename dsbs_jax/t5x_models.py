@@ -1,9 +1,9 @@
 """Distilling step-by-step as a model of the real t5x, for `t5x.train`.
 
 `DistillStepByStepModel` is `t5x.models.EncoderDecoderModel` with the two-task
-loss of DESIGN.md §1, computed by the same functions as our own
-`dsbs_jax.models.DistillStepByStepModel`, and metrics in t5x's style. The gin
-files under gin/t5x/ configure it for `python -m t5x.train` (see
+loss `losses.DistillStepByStepLoss`, the same object that our own
+`dsbs_jax.models.DistillStepByStepModel` holds, and metrics in t5x's style.
+The gin files under gin/t5x/ configure it for `python -m t5x.train` (see
 docs/cloud_tpu.md), with `trainer_reporting_present_tasks` as t5x's trainer so
 that summaries leave out the means of a task that had no tokens.
 
@@ -33,7 +33,7 @@ except ImportError as e:
   ) from e
 
 from dsbs_jax import losses
-from dsbs_jax import models
+from dsbs_jax import metrics as metrics_lib
 from dsbs_jax import two_tasks
 
 Array = jax.Array
@@ -43,13 +43,14 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
   """t5x's encoder-decoder trained on label and rationale tasks.
 
   Needs `decoder_task_ids` in the batch (FEATURE_CONVERTER_CLS provides it).
-  The loss is `alpha * L_label + (1 - alpha) * L_rationale`, each term the
-  token mean over that task's target tokens in the batch it is given;
+  The loss is `loss` (`losses.DistillStepByStepLoss`: `alpha * L_label + (1 -
+  alpha) * L_rationale`), each term the token mean over that task's target
+  tokens in the batch it is given;
   `loss_normalizing_factor` plays no part. Where one task has no tokens (t5x's
   validation batches hold label examples only) the loss is the other task's
   mean loss (`losses.task_weights`). Besides t5x's base metrics (`loss`,
   `accuracy`, timing, ...), it reports `label_loss`, `rationale_loss`,
-  `label_accuracy` (`models.TaskAverage`: left out of the summaries written
+  `label_accuracy` (`metrics.TaskAverage`: left out of the summaries written
   through `trainer_reporting_present_tasks` when the task had no tokens), and
   the per-step token counts `label_tokens` and `rationale_tokens`.
 
@@ -62,18 +63,22 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
 
   FEATURE_CONVERTER_CLS = two_tasks.DistillStepByStepFeatureConverter
 
-  def __init__(self, *args, alpha: float = 0.5, **kwargs):
+  def __init__(
+    self,
+    *args,
+    loss: losses.DistillStepByStepLoss | None = None,
+    **kwargs,
+  ):
     super().__init__(*args, **kwargs)
-    self.alpha = alpha
+    self.loss = loss or losses.DistillStepByStepLoss()
 
   def loss_fn(
     self, params: Any, batch: Mapping[str, Array], dropout_rng: Array | None
   ) -> tuple[Array, dict[str, clu_metrics.Metric]]:
     logits = self._compute_logits(params, batch, dropout_rng)
-    out = losses.distill_step_by_step_from_logits(
+    out = self.loss(
       logits,
       batch,
-      self.alpha,
       label_smoothing=self._label_smoothing,
       z_loss=self._z_loss,
     )
@@ -88,16 +93,9 @@ class DistillStepByStepModel(t5x_models.EncoderDecoderModel):
       )
     )
     metrics.update(
-      {
-        name: models.TaskAverage(total=total, count=count)
-        for name, (total, count) in out.metric_sums.items()
-      }
-    )
-    metrics['label_tokens'] = t5x_metrics.AveragePerStep(
-      total=out.metric_sums['label_loss'][1]
-    )
-    metrics['rationale_tokens'] = t5x_metrics.AveragePerStep(
-      total=out.metric_sums['rationale_loss'][1]
+      self.loss.metrics(
+        out, lambda count: t5x_metrics.AveragePerStep(total=count)
+      )
     )
     return out.loss, metrics
 
@@ -109,7 +107,7 @@ class _ReportPresentTasks:
   returns, and which metrics those are is fixed when the step is traced, so
   the model cannot leave out a task's mean when a batch turns out to have
   none of its tokens. The manager can: before writing, it drops each
-  `models.TaskAverage` whose count is 0 (`models.reported_metrics`). Reading
+  `metrics.TaskAverage` whose count is 0 (`metrics.reported_metrics`). Reading
   those counts waits for the steps behind the summary to finish (a few
   scalars, once per summary). Everything else is the wrapped manager's.
   """
@@ -129,7 +127,7 @@ class _ReportPresentTasks:
     num_steps: int,
   ) -> Any:
     if metrics is not None:
-      metrics = models.reported_metrics(metrics)
+      metrics = metrics_lib.reported_metrics(metrics)
     return self._manager.write_metrics_summary(metrics, step, num_steps)
 
 
@@ -144,7 +142,7 @@ def trainer_reporting_present_tasks(
   training_eval summaries leave out `label_loss`, `rationale_loss` and
   `label_accuracy` where that task had no tokens, rather than writing NaN.
   Validation holds label examples only, so its summaries have no
-  `rationale_loss` (and `rationale_tokens = 0`). See `models.TaskAverage`.
+  `rationale_loss` (and `rationale_tokens = 0`). See `metrics.TaskAverage`.
   """
   trainer = trainer_cls(**kwargs)
   trainer.train_metrics_manager = _ReportPresentTasks(

@@ -7,7 +7,7 @@ slices of the global batch (each slice spread over every data shard); the
 model's loss normalizers are computed once on the whole batch, so the summed
 microbatch gradients equal the full-batch gradient.
 
-Every model metric is additive (clu `Average` or `models.Sum`), so merging
+Every model metric is additive (clu `Average` or `metrics.Sum`), so merging
 across microbatches is a tree sum.
 
 A step whose loss, gradient norm or resulting state is not finite leaves the
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dsbs_jax import metrics as metrics_lib
 from dsbs_jax import models
 from dsbs_jax import network
 from dsbs_jax import partitioning
@@ -332,14 +333,14 @@ class Trainer:
       & all_finite((params, opt_state))
     )
     metrics = dict(metrics)
-    metrics['loss'] = models.Sum(loss)
-    metrics['grad_norm'] = models.Sum(grad_norm)
-    metrics['nonfinite_steps'] = models.Sum(jnp.where(finite, 0, 1))
+    metrics['loss'] = metrics_lib.Sum(loss)
+    metrics['grad_norm'] = metrics_lib.Sum(grad_norm)
+    metrics['nonfinite_steps'] = metrics_lib.Sum(jnp.where(finite, 0, 1))
     # inject_hyperparams stores the rate it used for this update in the new
     # state (the old state holds the previous step's rate).
     learning_rate = current_learning_rate(opt_state)
     if learning_rate is not None:
-      metrics['learning_rate'] = models.Sum(learning_rate)
+      metrics['learning_rate'] = metrics_lib.Sum(learning_rate)
     # A conditional, not a select per array (optax.tree.where): XLA fused
     # `finite`, an AND over every array, into each array's select, which
     # doubled the main job's compile time (10 s against 6).
@@ -384,9 +385,9 @@ def compute_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
   """Host values of a metrics tree (one device-to-host transfer).
 
   The means of a task that had no tokens are left out, not NaN (see
-  `models.TaskAverage`).
+  `metrics.TaskAverage`).
   """
-  metrics = models.reported_metrics(jax.device_get(metrics))
+  metrics = metrics_lib.reported_metrics(jax.device_get(metrics))
   return {name: float(np.asarray(m.compute())) for name, m in metrics.items()}
 
 

@@ -7,7 +7,8 @@ rationale. This module is the one definition of what the seqio tasks
 two losses and generates rationales on request) share:
 
 - `LABEL_TASK`, `RATIONALE_TASK`: the values of an example's `task` feature
-  and of the per-token `decoder_task_ids` (0 marks padding);
+  and of the per-token `decoder_task_ids` (0 marks padding), and
+  `TASK_NAMES`, the name of each;
 - `TaskPrefixes`: the input prefix of each task, configured once in gin
   (`two_tasks.TaskPrefixes.label = %LABEL_PREFIX`, likewise `rationale`) and
   read by the tasks and by rationale generation alike;
@@ -28,6 +29,9 @@ from dsbs_jax import packing
 
 LABEL_TASK = 1
 RATIONALE_TASK = 2
+# Each task's name: its prefix field, its metrics (`<name>_loss`,
+# `<name>_tokens`) and its loss weight are keyed by it.
+TASK_NAMES = {LABEL_TASK: 'label', RATIONALE_TASK: 'rationale'}
 
 Text = TypeVar('Text', str, tf.Tensor)
 
@@ -48,8 +52,7 @@ class TaskPrefixes:
 
   def task_input(self, task: int, text: Text) -> Text:
     """The model input of `task` for `text` (a str, or a tf.string tensor)."""
-    prefix = {LABEL_TASK: self.label, RATIONALE_TASK: self.rationale}[task]
-    return prefix + text
+    return getattr(self, TASK_NAMES[task]) + text
 
 
 @gin.configurable

@@ -7,7 +7,7 @@ r"""The paper's data-efficiency comparison: methods × data fractions × seeds.
 
 Trains and evaluates one model per cell of the grid `--methods` ×
 `--fractions` × `--seeds`, each with the train binary's configuration (the
-same gin flags) plus the cell's bindings: the method's macros (`METHODS`),
+same gin flags) plus the cell's bindings: the method's gin file (`METHODS`),
 DATA_FRACTION, SEED and MODEL_DIR = OUTPUT_DIR/METHOD/frac<F>_seed<S>. The
 cells run one after another in this process, so TensorFlow and seqio load
 once, and on a pod slice every worker runs this same command, as with the
@@ -45,15 +45,14 @@ import tensorflow as tf
 
 from dsbs_jax import gin_utils
 from dsbs_jax import train as train_lib
-from dsbs_tasks import registry
 
-# Each method's gin macros: the paper's baselines and distilling step-by-step.
-# dsbs keeps ALPHA as the gin configuration gives it (runs/dsbs.gin: 0.5).
+# Each method's gin file (gin/methods/): its macros MODE, LABEL_SOURCE and
+# ALPHA, which runs/finetune.gin, runs/distill.gin and runs/single_task.gin
+# include too. dsbs keeps ALPHA as the gin configuration gives it
+# (runs/task.gin: 0.5).
 METHODS = {
-  'finetune': {'MODE': 'finetune', 'LABEL_SOURCE': 'gt', 'ALPHA': 1.0},
-  'distill': {'MODE': 'distill', 'LABEL_SOURCE': 'llm', 'ALPHA': 1.0},
-  'dsbs': {'MODE': 'dsbs', 'LABEL_SOURCE': 'llm'},
-  'single_task': {'MODE': 'single_task', 'LABEL_SOURCE': 'llm', 'ALPHA': 1.0},
+  method: f'methods/{method}.gin'
+  for method in ('finetune', 'distill', 'dsbs', 'single_task')
 }
 CSV_COLUMNS = (
   'method',
@@ -150,13 +149,6 @@ def parse_grid(
     'a number in (0, 1]',
   )
   seeds = check('seeds', seeds, int, lambda s: s is not None, 'an integer')
-  for method in methods:
-    mode = METHODS[method]['MODE']
-    if mode not in registry.MODES:
-      raise gin_utils.GinConfigError(
-        f'--methods: {method!r} trains with MODE {mode!r}, which '
-        f'dsbs_tasks.registry does not know (it has {registry.MODES}).'
-      )
   return [
     Cell(method, fraction, seed)
     for seed, fraction, method in itertools.product(seeds, fractions, methods)
@@ -166,12 +158,13 @@ def parse_grid(
 def cell_bindings(cell: Cell, model_dir: str, eval_split: str) -> list[str]:
   """The gin bindings of one cell, parsed after the user's so they win."""
   macros = {
-    **METHODS[cell.method],
     'DATA_FRACTION': cell.fraction,
     'SEED': cell.seed,
     'MODEL_DIR': model_dir,
   }
-  return [f'{name} = {value!r}' for name, value in macros.items()] + [
+  return [
+    f'include {METHODS[cell.method]!r}',
+    *(f'{name} = {value!r}' for name, value in macros.items()),
     f'train.train.final_eval_split = {eval_split!r}',
     'train.train.write_rationales = False',
   ]

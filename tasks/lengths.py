@@ -40,10 +40,6 @@ from dsbs_jax import gin_utils
 from dsbs_jax import packing
 from dsbs_jax import two_tasks
 
-TASK_NAMES = {
-  two_tasks.LABEL_TASK: 'label',
-  two_tasks.RATIONALE_TASK: 'rationale',
-}
 PERCENTILES = (0.5, 0.9, 0.95, 0.99)
 # Packed input rows are tried up to this length.
 PACKED_INPUTS_MAX = 8192
@@ -166,7 +162,7 @@ def kinds(
   before targets, label before rationale."""
   out = {}
   for feature in ('inputs', 'targets'):
-    for task, name in TASK_NAMES.items():
+    for task, name in two_tasks.TASK_NAMES.items():
       if task in by_task and getattr(by_task[task], feature):
         out[f'{name} {feature}'] = getattr(by_task[task], feature)
   return out
@@ -389,7 +385,7 @@ def _truncation(
         )
       )
   cut_examples = []
-  for task, name in TASK_NAMES.items():
+  for task, name in two_tasks.TASK_NAMES.items():
     lengths = by_task.get(task)
     if lengths and lengths.inputs:
       cut = examples_cut(
@@ -426,7 +422,7 @@ def format_report(
     raise EmptySplitError(f'{task_name} has no examples in split {split!r}.')
   counts = ', '.join(
     f'{len(by_task[task].inputs)} {name}'
-    for task, name in TASK_NAMES.items()
+    for task, name in two_tasks.TASK_NAMES.items()
     if task in by_task and by_task[task].inputs
   )
   lines = [
@@ -585,7 +581,7 @@ def read_lengths(
       _count(task, split, by_task)
     except _UNREADABLE as e:  # the data or the vocabulary: files, network
       raise UnreadableError(f'{task.name} {split}: {_op_error_text(e)}') from e
-  unknown = set(by_task) - set(TASK_NAMES)
+  unknown = set(by_task) - set(two_tasks.TASK_NAMES)
   if unknown:
     raise ValueError(f'examples with unknown task ids {sorted(unknown)}')
   return by_task

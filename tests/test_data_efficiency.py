@@ -46,15 +46,23 @@ def test_grid_runs_seeds_outermost_and_binds_each_cell():
   assert cells[2].model_dir('/out') == '/out/finetune/frac1.0_seed0'
   assert cells[2].name == 'finetune frac1.0 seed0'
   assert de.cell_bindings(cells[1], '/out/d', 'test') == [
-    "MODE = 'dsbs'",
-    "LABEL_SOURCE = 'llm'",
+    "include 'methods/dsbs.gin'",
     'DATA_FRACTION = 0.5',
     'SEED = 0',
     "MODEL_DIR = '/out/d'",
     "train.train.final_eval_split = 'test'",
     'train.train.write_rationales = False',
   ]
-  assert 'ALPHA = 1.0' in de.cell_bindings(cells[0], '/out/d', 'test')
+  # Each method's file sets its macros; dsbs keeps the configured ALPHA.
+  for method, macros in (
+    ('finetune', "MODE = 'finetune'\nLABEL_SOURCE = 'gt'\nALPHA = 1.0"),
+    ('dsbs', "MODE = 'dsbs'\nLABEL_SOURCE = 'llm'"),
+  ):
+    path = gin_utils.project_gin_dir() / de.METHODS[method]
+    lines = path.read_text().splitlines()
+    assert [line for line in lines if not line.startswith('#')] == (
+      macros.splitlines()
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import torch
 import transformers
 
 from dsbs_jax import checkpoint_import
+from dsbs_jax import losses
 from dsbs_jax import models
 from dsbs_jax import network
 from dsbs_jax import partitioning
@@ -159,7 +160,10 @@ def model_batches(reference):
 
 def _model(config, alpha) -> models.DistillStepByStepModel:
   return models.DistillStepByStepModel(
-    network.Transformer(config), VOCABULARY, VOCABULARY, alpha=alpha
+    network.Transformer(config),
+    VOCABULARY,
+    VOCABULARY,
+    loss=losses.DistillStepByStepLoss(alpha),
   )
 
 

@@ -21,6 +21,7 @@ from dsbs_jax import checkpoints
 from dsbs_jax import data
 from dsbs_jax import decoding
 from dsbs_jax import eval as eval_lib
+from dsbs_jax import losses
 from dsbs_jax import models
 from dsbs_jax import network
 from dsbs_jax import partitioning
@@ -41,7 +42,7 @@ def test_dsbs_trains_then_eval_writes_accuracy_and_predictions(
     network.Transformer(tiny_config),
     vocabulary,
     vocabulary,
-    alpha=0.5,
+    loss=losses.DistillStepByStepLoss(alpha=0.5),
     decode_fn=functools.partial(decoding.temperature_sample, temperature=0.0),
   )
   lengths = {'inputs': 256, 'targets': 64}

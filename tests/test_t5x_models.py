@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from dsbs_jax import checkpoint_import
 from dsbs_jax import gin_utils
+from dsbs_jax import losses
 from dsbs_jax import models
 from dsbs_jax import network
 from dsbs_jax import t5x_models
@@ -77,7 +78,11 @@ def _t5x_model(tiny_config, **settings) -> t5x_models.DistillStepByStepModel:
 def test_loss_and_metrics_equal_ours(tiny_config):
   params = checkpoint_import.load_params(T5X_TINY_DIR / 'legacy_checkpoint_400')
   vocabulary = seqio.ByteVocabulary()
-  settings = dict(alpha=0.3, label_smoothing=0.1, z_loss=1e-4)
+  settings = dict(
+    loss=losses.DistillStepByStepLoss(alpha=0.3),
+    label_smoothing=0.1,
+    z_loss=1e-4,
+  )
   theirs = _t5x_model(tiny_config, **settings)
   ours = models.DistillStepByStepModel(
     network.Transformer(tiny_config), vocabulary, vocabulary, **settings
@@ -144,7 +149,7 @@ def test_gin_files_configure_t5x_train(size, t5x_train_bindings):
   )
   model = bindings['model']
   assert isinstance(model, t5x_models.DistillStepByStepModel)
-  assert model.alpha == 0.5
+  assert model.loss.alpha == 0.5
   assert model.module.config.dropout_rate == 0.1
   train_cfg = bindings['train_dataset_cfg']
   assert train_cfg.mixture_or_task_name.startswith(
@@ -212,7 +217,9 @@ def test_label_only_batch_summary_has_the_label_loss_and_no_nan(
   """A validation batch holds label examples only: t5x's summary of it has
   loss = label loss (not alpha times it), no rationale_loss and no NaN."""
   params = checkpoint_import.load_params(T5X_TINY_DIR / 'legacy_checkpoint_400')
-  model = _t5x_model(tiny_config, alpha=0.3, z_loss=1e-4)
+  model = _t5x_model(
+    tiny_config, loss=losses.DistillStepByStepLoss(alpha=0.3), z_loss=1e-4
+  )
   loss, metrics = model.eval_fn(params, _label_only_batch())
   np.testing.assert_allclose(loss, metrics['label_loss'].compute(), rtol=1e-6)
   assert float(loss) > 0

@@ -118,7 +118,7 @@ def _model(kind: str) -> models.EncoderDecoderModel:
   module = network.Transformer(CONFIG)
   if kind == 'dsbs':
     return models.DistillStepByStepModel(
-      module, VOCABULARY, VOCABULARY, alpha=ALPHA
+      module, VOCABULARY, VOCABULARY, loss=losses.DistillStepByStepLoss(ALPHA)
     )
   return models.EncoderDecoderModel(
     module,
@@ -456,7 +456,10 @@ def test_scanned_layers_train_as_t5x_layers():
 
   def model(config):
     return models.DistillStepByStepModel(
-      network.Transformer(config), VOCABULARY, VOCABULARY, alpha=ALPHA
+      network.Transformer(config),
+      VOCABULARY,
+      VOCABULARY,
+      loss=losses.DistillStepByStepLoss(ALPHA),
     )
 
   params = jax.device_get(
