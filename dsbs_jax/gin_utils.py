@@ -98,7 +98,14 @@ def parse_gin_flags(extra_bindings: Sequence[str] = ()) -> None:
       f'{tracker.failed or "a binding"}: not UTF-8 text ({_first_line(e)})'
       f'{_location(e)}.'
     ) from e
-  except (ValueError, SyntaxError, TypeError, ImportError) as e:
+  # AttributeError: a selector naming no attribute of its module.
+  except (
+    ValueError,
+    SyntaxError,
+    TypeError,
+    ImportError,
+    AttributeError,
+  ) as e:
     raise GinConfigError(_first_line(e) + _location(e) + _hint(e)) from e
   finally:
     logging.disable(logging.NOTSET)

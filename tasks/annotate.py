@@ -46,6 +46,7 @@ import tqdm
 
 from dsbs_jax import errors
 from dsbs_tasks import annotation_io
+from dsbs_tasks import datasets
 from dsbs_tasks import prompting
 from dsbs_tasks import teachers
 from dsbs_tasks.prompting import AnnotateError
@@ -384,7 +385,8 @@ def define_flags() -> None:
   flags.DEFINE_string(
     'dataset',
     None,
-    'A dataset of the original release: cqa, svamp, esnli, anli1.',
+    'A dataset of the original release: '
+    f'{", ".join(datasets.names(datasets.RELEASE))}.',
   )
   flags.DEFINE_string(
     'split', None, 'With --dataset: the file split, train, valid or test.'
@@ -409,7 +411,8 @@ def define_flags() -> None:
   flags.DEFINE_string(
     'prompt',
     None,
-    'cqa, svamp, esnli, anli1, or a template file (default: --dataset).',
+    f'{", ".join(prompting.BUILTIN_PROMPTS)}, or a template file (default: '
+    '--dataset).',
   )
   flags.DEFINE_string(
     'shots',

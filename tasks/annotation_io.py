@@ -22,6 +22,7 @@ from typing import Any
 
 from etils import epath
 
+from dsbs_tasks import datasets
 from dsbs_tasks import parsing
 from dsbs_tasks import prompting
 from dsbs_tasks import sources
@@ -58,12 +59,12 @@ def read_release_items(
   data_dir: str | None, dataset: str, split: str
 ) -> tuple[list[Item], Path]:
   """A file split (`train`, `valid`, `test`) of the original release."""
-  if dataset not in sources.RELEASE_DATASETS:
+  if dataset not in datasets.names(datasets.RELEASE):
     raise AnnotateError(
       f'--dataset={dataset}: expected one of '
-      f'{", ".join(sources.RELEASE_DATASETS)}'
+      f'{", ".join(datasets.names(datasets.RELEASE))}'
     )
-  spec = sources.RELEASE_DATASETS[dataset]
+  spec = datasets.get(dataset)
   root = Path(os.fspath(sources.resolve_data_dir(data_dir)))
   path = root / dataset / f'{dataset}_{split}.json'
   if not path.is_file() and (root / dataset).is_dir():

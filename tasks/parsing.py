@@ -1,4 +1,4 @@
-"""Per-dataset input formatting and teacher-completion parsing (DESIGN.md §2).
+"""Per-dataset input formatting and teacher-completion parsing.
 
 Everything here is a pure function of one record or one completion, so each
 rule can be tested on handwritten text.
@@ -213,9 +213,10 @@ def parse_anli1(completion: str) -> Parsed:
 #
 # The target is the teacher's rationale followed by its label in the
 # teacher's own pattern, so that the dataset's completion parser reads the
-# label back from a generated target. `synthetic`, `synthetic_multistep` and
-# JSON Lines data have no teacher pattern of their own; they use
-# `{rationale} So the answer is {label}.`, read by `parse_answer_sentence`.
+# label back from a generated target (each dataset's pair of target and
+# parser is in `dsbs_tasks.datasets`). Data without a teacher pattern of its
+# own (the generated datasets, JSON Lines) use `answer_sentence_target`, read
+# by `parse_answer_sentence`.
 
 ANSWER_SENTENCE = 'So the answer is'
 
@@ -243,29 +244,23 @@ def parse_answer_sentence(completion: str) -> Parsed:
   return Parsed(_nonempty(rationale.rstrip()), _nonempty(label))
 
 
-def single_task_target(
-  dataset: str, input_text: str, rationale: str, label: str
-) -> str:
-  """The single-task target of one example, in its dataset's pattern."""
-  if dataset == 'cqa':
-    letter = cqa_option_letter(input_text, label)
-    return f'{rationale} {ANSWER_SENTENCE} ({letter}) {label}.'
-  if dataset == 'svamp':
-    return f'{rationale} The answer is {label}.'
-  if dataset == 'esnli':
-    return f'{rationale}\nAnswer: {label}'
+def cqa_single_task_target(input_text: str, rationale: str, label: str) -> str:
+  """`<rationale> So the answer is (x) <label>.`, as cqa's teacher writes."""
+  letter = cqa_option_letter(input_text, label)
+  return f'{rationale} {ANSWER_SENTENCE} ({letter}) {label}.'
+
+
+def svamp_single_task_target(_: str, rationale: str, label: str) -> str:
+  """`<rationale> The answer is <equation>.`, as svamp's teacher writes."""
+  return f'{rationale} The answer is {label}.'
+
+
+def esnli_single_task_target(_: str, rationale: str, label: str) -> str:
+  """`<rationale>` then `Answer: <label>`, as esnli's teacher writes."""
+  return f'{rationale}\nAnswer: {label}'
+
+
+def answer_sentence_target(_: str, rationale: str, label: str) -> str:
+  """`<rationale> So the answer is <label>.` (anli1's teacher pattern, and
+  the one of data without a pattern of its own)."""
   return f'{rationale} {ANSWER_SENTENCE} {label}.'
-
-
-_SINGLE_TASK_PARSERS = {
-  'cqa': parse_cqa,
-  'svamp': parse_svamp,
-  'esnli': parse_esnli,
-  'anli1': parse_anli1,
-}
-
-
-def single_task_label(dataset: str, text: str) -> str | None:
-  """The label of a generated single-task target; None if it has none."""
-  parse = _SINGLE_TASK_PARSERS.get(dataset, parse_answer_sentence)
-  return parse(text).label

@@ -32,8 +32,8 @@ from absl import logging
 import tensorflow as tf
 
 from dsbs_jax import two_tasks
-from dsbs_tasks import parsing
-from dsbs_tasks.sources import Example
+from dsbs_tasks import datasets
+from dsbs_tasks.examples import Example
 
 LABEL_SOURCES = ('llm', 'gt')
 
@@ -98,19 +98,20 @@ def single_task_examples(
 ) -> list[Example]:
   """Training examples whose teacher label is the single task's target.
 
-  The target is `parsing.single_task_target` of the teacher's rationale and
-  label, blank when either is missing (so dropped, or kept blank with
+  The target is the dataset's `single_task_target` of the teacher's rationale
+  and label, blank when either is missing (so dropped, or kept blank with
   `keep_unparsed`, like any other missing target).
   """
+  spec = datasets.get(dataset)
   single = []
   unreadable = 0
   for example in examples:
     target = None
     if example.rationale and example.teacher_label:
-      target = parsing.single_task_target(
-        dataset, example.input, example.rationale, example.teacher_label
+      target = spec.single_task_target(
+        example.input, example.rationale, example.teacher_label
       )
-      if parsing.single_task_label(dataset, target) != example.teacher_label:
+      if spec.parse_single_task(target).label != example.teacher_label:
         unreadable += 1
     single.append(dataclasses.replace(example, teacher_label=target))
   if unreadable:
@@ -135,4 +136,4 @@ def single_task_postprocess(
   del unused  # seqio also passes the example.
   if is_target:
     return output
-  return parsing.single_task_label(dataset, output) or ''
+  return datasets.get(dataset).parse_single_task(output).label or ''

@@ -22,14 +22,19 @@ import re
 from typing import Any
 
 from dsbs_jax import errors
+from dsbs_tasks import datasets
 from dsbs_tasks import parsing
 
-BUILTIN_PROMPTS = ('cqa', 'svamp', 'esnli', 'anli1')
+# The datasets with a prompt of their own (`datasets.Dataset.builtin_prompt`).
+BUILTIN_PROMPTS = tuple(
+  name for name, spec in datasets.DATASETS.items() if spec.builtin_prompt
+)
+# `--parser`: a release dataset's completion parser, or none.
 PARSERS: dict[str, Callable[[str], parsing.Parsed] | None] = {
-  'cqa': parsing.parse_cqa,
-  'svamp': parsing.parse_svamp,
-  'esnli': parsing.parse_esnli,
-  'anli1': parsing.parse_anli1,
+  **{
+    name: datasets.get(name).parse_completion
+    for name in datasets.names(datasets.RELEASE)
+  },
   'none': None,
 }
 SLOTS = ('input', 'premise', 'hypothesis', 'rationale', 'label')

@@ -23,7 +23,8 @@ Splits are `train`, `validation` and `test`. Only `train` has rationale
 examples and teacher labels; `validation` and `test` hold label examples with
 ground-truth targets, scored by the dataset's metric. The single-task
 baseline's generations are scored on the label its dataset's parser reads
-from them (`parsing.single_task_label`); one without a label counts wrong.
+from them (the dataset's `parse_single_task`); one without a label counts
+wrong.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ import seqio
 import tensorflow as tf
 
 from dsbs_jax import two_tasks
-from dsbs_tasks import metrics
+from dsbs_tasks import datasets
 from dsbs_tasks import preprocessors
 from dsbs_tasks import sources
-from dsbs_tasks import synthetic
+from dsbs_tasks.examples import Example
 
 MODES = ('dsbs', 'finetune', 'distill', 'single_task')
 DEFAULT_LABEL_SOURCE = {
@@ -52,12 +53,6 @@ DEFAULT_LABEL_SOURCE = {
   'distill': 'llm',
   'single_task': 'llm',
 }
-# Made here, with no download (dsbs_tasks.synthetic).
-GENERATED_DATASETS = {
-  'synthetic': synthetic.synthetic_splits,
-  'synthetic_multistep': synthetic.multistep_splits,
-}
-DATASETS = (*sources.RELEASE_DATASETS, *GENERATED_DATASETS, 'jsonl')
 T5_VOCABULARY_PATH = 'gs://t5-data/vocabs/cc_all.32000/sentencepiece.model'
 T5_EXTRA_IDS = 100
 # The prefixes that leave a task's name unchanged: TaskPrefixes' own defaults
@@ -90,7 +85,8 @@ class TaskConfig:
 
   @property
   def splits(self) -> tuple[str, ...]:
-    if self.dataset == 'jsonl' and 'test' not in dict(self.jsonl_files):
+    spec = datasets.get(self.dataset)
+    if spec.source == datasets.JSONL and 'test' not in dict(self.jsonl_files):
       return ('train', 'validation')
     return sources.SPLITS
 
@@ -103,15 +99,16 @@ class TaskConfig:
       parts.append('llm_label')
     return tuple(parts)
 
-  def examples(self, split: str) -> list[sources.Example]:
+  def examples(self, split: str) -> list[Example]:
     """The source examples of `split`, before any pairing."""
     subset = dict(data_fraction=self.data_fraction, seed=self.seed)
-    if self.dataset in GENERATED_DATASETS:
-      splits = GENERATED_DATASETS[self.dataset]()
+    spec = datasets.get(self.dataset)
+    if spec.source == datasets.GENERATED:
+      splits = spec.generate()
       return sources.assemble_split(
         splits.__getitem__, split, has_validation=True, **subset
       )
-    if self.dataset == 'jsonl':
+    if spec.source == datasets.JSONL:
       files = dict(self.jsonl_files)
       if split not in self.splits:
         raise ValueError(f'no {split!r} file in jsonl_files {files}')
@@ -209,8 +206,7 @@ def _check_arguments(
   data_fraction: float,
   jsonl_files: Mapping[str, str] | None,
 ) -> None:
-  if dataset not in DATASETS:
-    raise ValueError(f'unknown dataset {dataset!r}; expected one of {DATASETS}')
+  spec = datasets.get(dataset)
   if mode not in MODES:
     raise ValueError(f'unknown mode {mode!r}; expected one of {MODES}')
   if label_source not in preprocessors.LABEL_SOURCES:
@@ -230,7 +226,7 @@ def _check_arguments(
       f'labels; for {label_source!r} labels use mode {other!r}'
     )
   sources.check_fraction(data_fraction)
-  if (dataset == 'jsonl') != (jsonl_files is not None):
+  if (spec.source == datasets.JSONL) != (jsonl_files is not None):
     raise ValueError("jsonl_files goes with dataset='jsonl' and only with it")
   if jsonl_files is not None and (
     'train' not in jsonl_files or set(jsonl_files) - set(sources.SPLITS)
@@ -287,7 +283,8 @@ def dsbs_task(
   """
   label_source = label_source or DEFAULT_LABEL_SOURCE.get(mode)
   _check_arguments(dataset, mode, label_source, data_fraction, jsonl_files)
-  if data_dir is not None and dataset in sources.RELEASE_DATASETS:
+  spec = datasets.get(dataset)
+  if data_dir is not None and spec.source == datasets.RELEASE:
     data_dir = os.fspath(data_dir)
   else:
     data_dir = None  # read from the environment, or not used
@@ -317,7 +314,6 @@ def dsbs_task(
     prefixes=config.prefixes,
     keep_unparsed=keep_unparsed,
   )
-  metric = metrics.equation_accuracy if dataset == 'svamp' else metrics.accuracy
   postprocess_fn = None
   if mode == 'single_task':
     postprocess_fn = functools.partial(
@@ -336,7 +332,7 @@ def dsbs_task(
       seqio.preprocessors.append_eos_after_trim,
     ],
     postprocess_fn=postprocess_fn,
-    metric_fns=[metric],
+    metric_fns=[spec.metric],
   )
   return name
 
@@ -344,16 +340,20 @@ def dsbs_task(
 def register_named_tasks() -> list[str]:
   """The fixed names of the module docstring; idempotent."""
   names = []
-  for dataset in (*sources.RELEASE_DATASETS, *GENERATED_DATASETS):
+  for spec in datasets.DATASETS.values():
+    if spec.source == datasets.JSONL:  # no files of its own
+      continue
     vocabulary = (
-      seqio.ByteVocabulary() if dataset in GENERATED_DATASETS else None
+      seqio.ByteVocabulary()
+      if spec.named_vocabulary == datasets.BYTE_VOCABULARY
+      else None
     )
     names += [
-      dsbs_task(dataset, 'dsbs', 'llm', vocabulary=vocabulary),
-      dsbs_task(dataset, 'dsbs', 'gt', vocabulary=vocabulary),
-      dsbs_task(dataset, 'finetune', vocabulary=vocabulary),
-      dsbs_task(dataset, 'distill', vocabulary=vocabulary),
-      dsbs_task(dataset, 'single_task', vocabulary=vocabulary),
+      dsbs_task(spec.name, 'dsbs', 'llm', vocabulary=vocabulary),
+      dsbs_task(spec.name, 'dsbs', 'gt', vocabulary=vocabulary),
+      dsbs_task(spec.name, 'finetune', vocabulary=vocabulary),
+      dsbs_task(spec.name, 'distill', vocabulary=vocabulary),
+      dsbs_task(spec.name, 'single_task', vocabulary=vocabulary),
     ]
   return names
 

@@ -1,6 +1,6 @@
 """Reading examples: the original release's layout and users' JSON Lines.
 
-The original layout (DESIGN.md §2) under a data directory `root`:
+The original layout (docs/design.md, "Data") under a data directory `root`:
 
     <root>/<name>/<name>_<split>.json        JSON Lines, one record a line
     <root>/<name>/llm/<split>_CoT_<k>.json   JSON arrays of teacher completions
@@ -28,7 +28,6 @@ counts are kept (see `parse_counts`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from collections.abc import Mapping
 from collections.abc import Sequence
 import dataclasses
 import functools
@@ -44,7 +43,9 @@ import numpy as np
 import tensorflow as tf
 
 from dsbs_jax import errors
+from dsbs_tasks import datasets
 from dsbs_tasks import parsing
+from dsbs_tasks.examples import Example
 
 DATA_DIR_ENV = 'DSBS_DATA_DIR'
 SPLITS = ('train', 'validation', 'test')
@@ -54,16 +55,6 @@ VALIDATION_SEED = 0
 
 class DataError(errors.UserError, ValueError):
   """Input data that cannot be used; the message says where and why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """One source example; teacher parts are None when absent or unparsed."""
-
-  input: str
-  label: str
-  rationale: str | None = None
-  teacher_label: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,22 +70,6 @@ class ParseCounts:
   def unparsed(self) -> int:
     return self.completions - self.parsed
 
-
-@dataclasses.dataclass(frozen=True)
-class ReleaseDataset:
-  """How to read one dataset of the original release."""
-
-  format_record: Callable[[Mapping[str, Any]], tuple[str, str]]
-  parse_completion: Callable[[str], parsing.Parsed]
-  has_validation_file: bool
-
-
-RELEASE_DATASETS = {
-  'cqa': ReleaseDataset(parsing.format_cqa, parsing.parse_cqa, False),
-  'svamp': ReleaseDataset(parsing.format_svamp, parsing.parse_svamp, False),
-  'esnli': ReleaseDataset(parsing.format_nli, parsing.parse_esnli, True),
-  'anli1': ReleaseDataset(parsing.format_nli, parsing.parse_anli1, True),
-}
 
 # Our split names -> the release's file split names.
 _FILE_SPLITS = {'train': 'train', 'validation': 'valid', 'test': 'test'}
@@ -237,19 +212,11 @@ def read_completions(paths: Sequence[epath.Path]) -> list[str]:
 # The original release.
 
 
-def _release_dataset(name: str) -> ReleaseDataset:
-  if name not in RELEASE_DATASETS:
-    raise ValueError(
-      f'unknown dataset {name!r}; expected one of {sorted(RELEASE_DATASETS)}'
-    )
-  return RELEASE_DATASETS[name]
-
-
 @functools.cache
 def _load_release_split(
   name: str, file_split: str, root: epath.Path
 ) -> ReleaseSplit:
-  spec = RELEASE_DATASETS[name]
+  spec = datasets.get(name, datasets.RELEASE)
   path = root / name / f'{name}_{file_split}.json'
   texts = []
   for number, record in read_json_lines(path):
@@ -303,7 +270,7 @@ def load_release_split(
   name: str, file_split: str, data_dir: str | os.PathLike | None = None
 ) -> ReleaseSplit:
   """A file split (`train`, `valid`, `test`) of a release dataset; cached."""
-  _release_dataset(name)
+  datasets.get(name, datasets.RELEASE)
   return _load_release_split(
     name, file_split, resolve_data_dir(data_dir).resolve()
   )
@@ -441,7 +408,7 @@ def release_examples(
   seed: int = 0,
 ) -> list[Example]:
   """`train`, `validation` or `test` of a release dataset."""
-  spec = _release_dataset(name)
+  spec = datasets.get(name, datasets.RELEASE)
 
   def load(our_split: str) -> tuple[Example, ...]:
     file_split = _FILE_SPLITS[our_split]

@@ -54,7 +54,7 @@ import re
 import gin
 import numpy as np
 
-from dsbs_tasks.sources import Example
+from dsbs_tasks.examples import Example
 
 NAMES = ('Tom', 'Ann', 'Sam', 'Mia', 'Ben', 'Eva', 'Max', 'Zoe')
 OBJECTS = ('apples', 'pens', 'cards', 'books', 'coins', 'shells')

@@ -48,7 +48,9 @@ from dsbs_jax import checkpoint_export
 from dsbs_jax import checkpoint_import
 from dsbs_jax import errors
 from dsbs_jax import gin_utils
+from dsbs_tasks import datasets
 from dsbs_tasks import sources
+from dsbs_tasks.examples import Example
 
 CASE_SECONDS = 10  # a case taking longer hangs
 HUGE_LINE_BYTES = 3 << 20
@@ -244,7 +246,7 @@ def _json_line(record: Any, i: int) -> str:
 
 def _write_release(root: Path, name: str) -> list[tuple[Path, str]]:
   """A valid release data set; (file, kind) for every file written."""
-  spec = sources.RELEASE_DATASETS[name]
+  spec = datasets.get(name)
   file_splits = {'train': 5, 'test': 3}
   if spec.has_validation_file:
     file_splits['valid'] = 3
@@ -430,7 +432,7 @@ def _first_changed_line(before: bytes, after: bytes) -> int:
 def _check_examples(examples: Any) -> str | None:
   """What makes examples unusable for a task, if anything."""
   for example in examples:
-    if not isinstance(example, sources.Example):
+    if not isinstance(example, Example):
       return f'accepted a {type(example).__name__}, not an Example'
     for field in ('input', 'label', 'rationale', 'teacher_label'):
       value = getattr(example, field)
@@ -462,7 +464,7 @@ def _check_data_error(
     if str(target) not in message and str(target.parent) not in message:
       return f'DataError does not name {target}'
     at_line = re.search(re.escape(str(target)) + r':(\d+):', message)
-    if target.name.startswith(tuple(sources.RELEASE_DATASETS)) or (
+    if target.name.startswith(datasets.names(datasets.RELEASE)) or (
       target.suffix == '.jsonl'
     ):  # JSON Lines: a line at fault, or a file-level problem
       if at_line is None:
@@ -516,7 +518,7 @@ def _mutate_file(
   return what, data, line
 
 
-def _read_release(name: str, root: Path) -> list[sources.Example]:
+def _read_release(name: str, root: Path) -> list[Example]:
   examples = []
   for split in sources.SPLITS:
     examples += sources.release_examples(name, split, data_dir=root)
@@ -533,7 +535,7 @@ def _fresh_reader_caches():
   sources._read_jsonl_examples.cache_clear()
 
 
-@pytest.mark.parametrize('name', sorted(sources.RELEASE_DATASETS))
+@pytest.mark.parametrize('name', sorted(datasets.names(datasets.RELEASE)))
 def test_release_readers_fuzzed(name, tmp_path, _fresh_reader_caches):
   base = tmp_path / 'base'
   _write_release(base, name)

@@ -4,7 +4,7 @@ generated text (an unreadable generation counts wrong)."""
 import pytest
 import seqio
 
-from dsbs_tasks import parsing
+from dsbs_tasks import datasets
 from dsbs_tasks import preprocessors
 from dsbs_tasks import sources
 from dsbs_tasks import synthetic
@@ -48,9 +48,10 @@ CQA_INPUT = (
 def test_targets_follow_the_teacher_pattern_and_parse_back(
   dataset, input_text, label, target
 ):
-  made = parsing.single_task_target(dataset, input_text, 'Milk spoils.', label)
+  spec = datasets.get(dataset)
+  made = spec.single_task_target(input_text, 'Milk spoils.', label)
   assert made == target
-  assert parsing.single_task_label(dataset, made) == label
+  assert spec.parse_single_task(made).label == label
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_targets_follow_the_teacher_pattern_and_parse_back(
   ],
 )
 def test_generations_without_a_label_score_wrong(dataset, generation):
-  assert parsing.single_task_label(dataset, generation) is None
+  assert datasets.get(dataset).parse_single_task(generation).label is None
   predicted = preprocessors.single_task_postprocess(
     generation, dataset=dataset, is_target=False
   )
@@ -95,10 +96,11 @@ def test_every_teacher_completion_round_trips(
   complete = [e for e in split.examples if e.rationale and e.teacher_label]
   assert complete
   for example in complete:
-    target = parsing.single_task_target(
-      dataset, example.input, example.rationale, example.teacher_label
+    spec = datasets.get(dataset)
+    target = spec.single_task_target(
+      example.input, example.rationale, example.teacher_label
     )
-    assert parsing.single_task_label(dataset, target) == example.teacher_label
+    assert spec.parse_single_task(target).label == example.teacher_label
     assert target.startswith(example.rationale)
 
 

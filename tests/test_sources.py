@@ -11,6 +11,7 @@ import pytest
 
 from dsbs_tasks import metrics
 from dsbs_tasks import sources
+from dsbs_tasks.examples import Example
 from dsbs_tasks.sources import DataError
 
 DATA = SAMPLE_DATA_DIR
@@ -339,7 +340,7 @@ def test_data_dir_comes_from_the_environment_when_read(tmp_path, monkeypatch):
   monkeypatch.setenv(sources.DATA_DIR_ENV, str(tmp_path))
   split = sources.load_release_split('esnli', 'valid')
   assert split.examples == (
-    sources.Example(
+    Example(
       'premise 2 </s> hypothesis 2',
       'contradiction',
       'Contradicts.',
@@ -361,8 +362,8 @@ def test_generic_jsonl(tmp_path):
   ]
   path.write_text('\n'.join(map(json.dumps, lines)) + '\n\n')
   assert sources.read_jsonl_examples(path) == (
-    sources.Example('2+2?', '4', 'Two and two.', '5'),
-    sources.Example('3+3?', '6'),
+    Example('2+2?', '4', 'Two and two.', '5'),
+    Example('3+3?', '6'),
   )
   with pytest.raises(DataError, match=r"mine\.jsonl:2: field 'rationale'"):
     sources.read_jsonl_examples(path, required=('input', 'label', 'rationale'))

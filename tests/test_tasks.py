@@ -16,6 +16,7 @@ from dsbs_tasks import parsing
 from dsbs_tasks import preprocessors
 from dsbs_tasks import sources
 from dsbs_tasks import synthetic
+from dsbs_tasks.examples import Example
 from dsbs_tasks.registry import dsbs_task
 
 DATA = SAMPLE_DATA_DIR
@@ -49,9 +50,9 @@ def _records(name, file_split):
 # The preprocessor on handwritten examples.
 
 SOURCE = [
-  sources.Example('q1', 'a1', 'r1', 't1'),
-  sources.Example('q2', 'a2', None, 't2'),  # no rationale
-  sources.Example('q3', 'a3', 'r3', None),  # no teacher label
+  Example('q1', 'a1', 'r1', 't1'),
+  Example('q2', 'a2', None, 't2'),  # no rationale
+  Example('q3', 'a3', 'r3', None),  # no teacher label
 ]
 
 
