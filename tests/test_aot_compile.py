@@ -9,6 +9,8 @@ import sys
 import pytest
 import test_binaries
 
+from dsbs_jax import network
+
 TOOL = Path(__file__).resolve().parents[1] / 'tools' / 'aot_compile.py'
 
 
@@ -71,10 +73,39 @@ def test_a_plan_too_large_for_the_chip_is_answered_no():
   assert estimate > 16 * 2**30
 
 
-def test_without_libtpu_it_says_so_and_exits_2(monkeypatch, capsys):
+@pytest.fixture(scope='module')
+def tool():
+  """The tool as a module (loaded once: it defines absl flags)."""
   spec = importlib.util.spec_from_file_location('aot_compile', TOOL)
-  tool = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tool)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_the_estimate_knows_every_remat_policy_and_no_other(tool):
+  """One estimate per policy of the network's table, in the order of what
+  they keep; an unknown policy is an error, not another policy's figure."""
+  config = network.T5Config(
+    vocab_size=32128,
+    emb_dim=768,
+    num_heads=12,
+    head_dim=64,
+    mlp_dim=2048,
+    num_encoder_layers=12,
+    num_decoder_layers=12,
+  )
+  kept = {
+    policy: tool.activation_bytes(
+      config.replace(remat_policy=policy), 8, 1024, 256, 2
+    )
+    for policy in network.REMAT_POLICIES
+  }
+  assert kept['none'] > kept['minimal'] > kept['full'] > 0
+  with pytest.raises(ValueError, match="remat_policy must be one of .*'fulll'"):
+    tool.activation_bytes(config.replace(remat_policy='fulll'), 8, 1024, 256, 2)
+
+
+def test_without_libtpu_it_says_so_and_exits_2(tool, monkeypatch, capsys):
   find_spec = importlib.util.find_spec
   monkeypatch.setattr(
     importlib.util,

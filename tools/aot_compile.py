@@ -108,22 +108,32 @@ def activation_bytes(
     return encoder, decoder
 
   encoder, decoder = layers('none')
-  policy = cfg.remat_policy
-  if policy == 'none':
-    kept = cfg.num_encoder_layers * encoder + cfg.num_decoder_layers * decoder
-  else:
-    inputs_kept = (
-      act
-      * d
-      * (cfg.num_encoder_layers * inputs + cfg.num_decoder_layers * targets)
+  enc_min, dec_min = layers('minimal')
+  layer_inputs = (
+    act
+    * d
+    * (cfg.num_encoder_layers * inputs + cfg.num_decoder_layers * targets)
+  )
+  recomputed = max(encoder, decoder)  # one layer's set, while recomputed
+  kept_by_policy = {
+    'none': cfg.num_encoder_layers * encoder + cfg.num_decoder_layers * decoder,
+    'minimal': layer_inputs
+    + cfg.num_encoder_layers * enc_min
+    + cfg.num_decoder_layers * dec_min
+    + recomputed,
+    'full': layer_inputs + recomputed,
+  }
+  if set(kept_by_policy) != set(network.REMAT_POLICIES):
+    raise ValueError(
+      f'activation_bytes estimates {sorted(kept_by_policy)}, but the network '
+      f'has the remat policies {sorted(network.REMAT_POLICIES)}'
     )
-    extra = 0
-    if policy == 'minimal':
-      enc_min, dec_min = layers('minimal')
-      extra = (
-        cfg.num_encoder_layers * enc_min + cfg.num_decoder_layers * dec_min
-      )
-    kept = inputs_kept + extra + max(encoder, decoder)
+  if cfg.remat_policy not in kept_by_policy:
+    raise ValueError(
+      f'remat_policy must be one of {tuple(network.REMAT_POLICIES)}, got '
+      f'{cfg.remat_policy!r}'
+    )
+  kept = kept_by_policy[cfg.remat_policy]
   logits = 2 * 4 * targets * cfg.vocab_size / model
   return int(rows * (kept + logits))
 
