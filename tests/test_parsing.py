@@ -1,5 +1,5 @@
-"""The formatting and completion-parsing rules of DESIGN.md §2 on handwritten
-text."""
+"""The formatting and completion-parsing rules of tasks/parsing.py, on
+handwritten text."""
 
 import pytest
 
