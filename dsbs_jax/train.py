@@ -29,7 +29,6 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from dsbs_jax import checkpoint_import
 from dsbs_jax import checkpoints
 from dsbs_jax import data
 from dsbs_jax import errors
@@ -356,8 +355,10 @@ def _initial_state(
 ) -> trainer_lib.TrainState:
   """The newest checkpoint in MODEL_DIR, else a fresh state.
 
-  A fresh state takes its parameters from `initial_checkpoint_path` (a t5x
-  or HuggingFace checkpoint) when given, with a new optimizer state.
+  A fresh state takes its parameters from `initial_checkpoint_path` when
+  given, with a new optimizer state: another run of ours (its MODEL_DIR, for
+  the newest checkpoint, or one `checkpoint_<step>` in it), or a t5x or
+  HuggingFace checkpoint.
   """
   shapes, shardings = trainer.state_shapes_and_shardings(input_shapes)
   state = checkpointer.restore_latest(shapes, shardings)
@@ -367,8 +368,16 @@ def _initial_state(
   params = None
   if initial_checkpoint_path:
     # Read shard by shard into the parameters' shardings.
-    params = checkpoint_import.load_params(
-      initial_checkpoint_path, trainer.model.module.config, shardings.params
+    params, step = checkpoints.restore_params(
+      initial_checkpoint_path,
+      shapes.params,
+      shardings.params,
+      trainer.model.module.config,
+    )
+    logging.info(
+      'Starting from the parameters of %s (step %d).',
+      initial_checkpoint_path,
+      step,
     )
   return trainer.init_state(input_shapes, params)
 
