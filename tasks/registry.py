@@ -164,11 +164,11 @@ class TaskConfig:
     return ds
 
 
-def _short_hash(*values: object) -> str:
+def short_hash(*values: object) -> str:
   return hashlib.sha256(repr(values).encode()).hexdigest()[:8]
 
 
-def _vocabulary_suffix(vocabulary: seqio.Vocabulary) -> str:
+def vocabulary_suffix(vocabulary: seqio.Vocabulary) -> str:
   # These comparisons look at file names and options; they load nothing.
   if t5_vocabulary() == vocabulary:
     return ''
@@ -177,7 +177,7 @@ def _vocabulary_suffix(vocabulary: seqio.Vocabulary) -> str:
   state = sorted(
     (k, repr(v)) for k, v in vars(vocabulary).items() if k != '_model'
   )
-  return '_vocab' + _short_hash(type(vocabulary).__qualname__, state)
+  return '_vocab' + short_hash(type(vocabulary).__qualname__, state)
 
 
 def task_name(config: TaskConfig, vocabulary: seqio.Vocabulary) -> str:
@@ -187,7 +187,7 @@ def task_name(config: TaskConfig, vocabulary: seqio.Vocabulary) -> str:
     name += f'_{config.label_source}'
   if config.data_fraction != 1:
     name += f'_frac{config.data_fraction:g}_seed{config.seed}'
-  name += _vocabulary_suffix(vocabulary)
+  name += vocabulary_suffix(vocabulary)
   others = (
     config.data_dir,
     config.keep_unparsed,
@@ -195,7 +195,7 @@ def task_name(config: TaskConfig, vocabulary: seqio.Vocabulary) -> str:
     config.jsonl_files,
   )
   if others != (None, False, _DEFAULT_PREFIXES, None):
-    name += '_' + _short_hash(others)
+    name += '_' + short_hash(others)
   return name
 
 
